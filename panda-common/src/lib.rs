@@ -1,0 +1,139 @@
+//! Types shared between panda's BPF programs (`panda-ebpf`) and its daemon.
+//!
+//! Everything here crosses the user/kernel boundary through a BPF map, so every
+//! type is `#[repr(C)]`, has no padding the compiler could fill differently on
+//! the two sides, and is `Copy`. Change a layout here and both sides change
+//! together: that is the point of the crate.
+#![no_std]
+
+/// How prefix binds are made to succeed; stored in [`Config::mechanism`].
+pub mod mechanism {
+    /// The talk's design: the bind6 program sets IPV6_FREEBIND on sockets that
+    /// bind inside the prefix; `net.ipv6.ip_nonlocal_bind` stays 0.
+    pub const FREEBIND: u32 = 1;
+    /// Stock kernels: `ip_nonlocal_bind=1` in the netns, and the programs
+    /// restore the kernel's strictness everywhere outside the prefix.
+    pub const GUARD: u32 = 2;
+}
+
+/// Where the kernel keeps the fields the programs read with
+/// `bpf_probe_read_kernel`. Rust has no CO-RE relocations, so the daemon
+/// resolves these from the running kernel's BTF (`/sys/kernel/btf/vmlinux`)
+/// and hands them over; a zero `valid` means "not resolved, do not read".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 once every field below was resolved.
+    pub valid: u32,
+    /// Byte of `struct inet_sock` holding the FREEBIND bit, and its mask.
+    pub freebind_byte: u32,
+    pub freebind_mask: u32,
+    /// Byte of `struct inet_sock` holding the TRANSPARENT bit, and its mask.
+    pub transparent_byte: u32,
+    pub transparent_mask: u32,
+    /// `struct sock`: `__sk_common.skc_net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `struct sock`: `sk_protocol` (u16) and `sk_type` (u16).
+    pub sock_protocol: u32,
+    pub sock_type: u32,
+    /// `struct sock`: `__sk_common.skc_bound_dev_if` (int).
+    pub sock_bound_dev_if: u32,
+    /// `struct net`: `net_cookie` (u64).
+    pub net_cookie: u32,
+    /// `struct socket`: `sk`.
+    pub socket_sk: u32,
+    /// `struct inet6_ifaddr`: `addr`, `flags` (u32), `idev`.
+    pub ifa_addr: u32,
+    pub ifa_flags: u32,
+    pub ifa_idev: u32,
+    /// `struct inet6_dev`: `dev`.
+    pub idev_dev: u32,
+    /// `struct net_device`: `ifindex` (int) and `nd_net` (a `struct net *`).
+    pub dev_ifindex: u32,
+    pub dev_net: u32,
+    /// Index, in the fexit context, of `ipv6_add_addr`'s return value
+    /// (= its number of arguments).
+    pub add_addr_ret_arg: u32,
+}
+
+/// The programs' whole configuration: one entry of the `CONFIG` array map,
+/// written by the daemon before any program is attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The prefix, network byte order, host bits zero.
+    pub prefix: [u8; 16],
+    /// Prefix length in bits (8..=128).
+    pub prefix_len: u32,
+    /// One of [`mechanism`].
+    pub mechanism: u32,
+    /// `bpf_get_netns_cookie` of the namespace panda serves. Programs attached
+    /// at the cgroup2 root see every namespace; they act only on this one.
+    pub netns_cookie: u64,
+    pub offsets: KernelOffsets,
+}
+
+/// Key of the `LOCAL_ADDRS` map: an address configured on an interface of the
+/// served netns. `ifindex == 0` is the per-address summary entry whose value
+/// counts the interfaces carrying it; that is the one the bind guard reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    pub ifindex: u32,
+}
+
+/// Maximum number of `LOCAL_ADDRS` entries (addresses × interfaces + summaries).
+pub const LOCAL_ADDRS_MAX: u32 = 65536;
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// bind() inside the prefix let through (guard) or given FREEBIND.
+    pub const BIND_PREFIX: u32 = 0;
+    /// bind() outside the prefix refused with EADDRNOTAVAIL.
+    pub const BIND_DENIED: u32 = 1;
+    /// UDP sendmsg with a non-local IPV6_PKTINFO source refused.
+    pub const SENDMSG_DENIED: u32 = 2;
+    /// bpf_setsockopt(IPV6_FREEBIND) succeeded (freebind mechanism).
+    pub const FREEBIND_SET: u32 = 3;
+    /// bpf_setsockopt(IPV6_FREEBIND) failed: the bind fails like the kernel's.
+    pub const FREEBIND_FAILED: u32 = 4;
+    /// Raw/ping bind refused by the LSM program.
+    pub const LSM_BIND_DENIED: u32 = 5;
+    /// Address-table updates made by the kernel-side address tracker.
+    pub const ADDR_EVENTS: u32 = 6;
+    /// Number of counters; size of the map.
+    pub const COUNT: u32 = 7;
+    /// Names, in index order, as `panda status` reports them.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "bind_prefix",
+        "bind_denied",
+        "sendmsg_denied",
+        "freebind_set",
+        "freebind_failed",
+        "lsm_bind_denied",
+        "addr_events",
+    ];
+}
+
+/// Slots of the `PROBE` array: the probe programs write what they saw here.
+pub mod probe {
+    /// Return value of bpf_setsockopt(SOL_IPV6, IPV6_FREEBIND), stored + 1000
+    /// so that 0 still means "the program did not run".
+    pub const FREEBIND_RESULT: u32 = 0;
+    /// 1 when the LSM socket_bind probe ran (the bpf LSM is active).
+    pub const LSM_RAN: u32 = 1;
+    /// Input: socket cookie (freebind probe) or pid_tgid (LSM probe) to act on.
+    pub const TARGET: u32 = 2;
+    pub const SLOTS: u32 = 3;
+    pub const RESULT_BIAS: i64 = 1000;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no padding (all fields are u32/u64/u8
+    // arrays laid out to natural alignment).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
