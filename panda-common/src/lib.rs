@@ -20,6 +20,7 @@ pub mod mechanism {
 /// `bpf_probe_read_kernel`. Rust has no CO-RE relocations, so the daemon
 /// resolves these from the running kernel's BTF (`/sys/kernel/btf/vmlinux`)
 /// and hands them over; a zero `valid` means "not resolved, do not read".
+/// All are byte offsets within the named struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -38,23 +39,36 @@ pub struct KernelOffsets {
     pub sock_type: u32,
     /// `struct sock`: `__sk_common.skc_bound_dev_if` (int).
     pub sock_bound_dev_if: u32,
-    /// `struct net`: `net_cookie` (u64).
-    pub net_cookie: u32,
     /// `struct socket`: `sk`.
     pub socket_sk: u32,
-    /// `struct inet6_ifaddr`: `addr`, `flags` (u32), `idev`.
+    /// `struct net`: `net_cookie` (u64), `hash_mix` (u32) and
+    /// `ipv6.inet6_addr_lst` (the per-netns address hash table).
+    pub net_cookie: u32,
+    pub net_hash_mix: u32,
+    pub net_addr_lst: u32,
+    /// `struct inet6_ifaddr`: `addr`, `flags` (u32), `scope` (u16 or int),
+    /// `addr_lst` (its hash-chain node) and `idev`.
     pub ifa_addr: u32,
     pub ifa_flags: u32,
+    pub ifa_scope: u32,
+    pub ifa_addr_lst: u32,
     pub ifa_idev: u32,
     /// `struct inet6_dev`: `dev`.
     pub idev_dev: u32,
-    /// `struct net_device`: `ifindex` (int) and `nd_net` (a `struct net *`).
+    /// `struct net_device`: `ifindex` (int).
     pub dev_ifindex: u32,
-    pub dev_net: u32,
-    /// Index, in the fexit context, of `ipv6_add_addr`'s return value
-    /// (= its number of arguments).
-    pub add_addr_ret_arg: u32,
 }
+
+/// log2 of the number of buckets of `net->ipv6.inet6_addr_lst`
+/// (`IN6_ADDR_HSIZE_SHIFT` in include/net/addrconf.h; 8 since it was made
+/// per-netns in Linux 5.18). Not in BTF, so the daemon verifies it at start
+/// by checking that the guard finds `::1`.
+pub const IN6_ADDR_HSIZE_SHIFT: u32 = 8;
+
+/// The longest hash chain the guard walks. Chains are ~1/256 of a netns's
+/// addresses; past this length the walk gives up and allows the bind
+/// (counted in `ADDR_CHAIN_OVERFLOW`): never stricter than the kernel.
+pub const MAX_ADDR_CHAIN: u32 = 64;
 
 /// The programs' whole configuration: one entry of the `CONFIG` array map,
 /// written by the daemon before any program is attached.
@@ -73,19 +87,6 @@ pub struct Config {
     pub offsets: KernelOffsets,
 }
 
-/// Key of the `LOCAL_ADDRS` map: an address configured on an interface of the
-/// served netns. `ifindex == 0` is the per-address summary entry whose value
-/// counts the interfaces carrying it; that is the one the bind guard reads.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AddrKey {
-    pub addr: [u8; 16],
-    pub ifindex: u32,
-}
-
-/// Maximum number of `LOCAL_ADDRS` entries (addresses × interfaces + summaries).
-pub const LOCAL_ADDRS_MAX: u32 = 65536;
-
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
     /// bind() inside the prefix let through (guard) or given FREEBIND.
@@ -100,8 +101,9 @@ pub mod counter {
     pub const FREEBIND_FAILED: u32 = 4;
     /// Raw/ping bind refused by the LSM program.
     pub const LSM_BIND_DENIED: u32 = 5;
-    /// Address-table updates made by the kernel-side address tracker.
-    pub const ADDR_EVENTS: u32 = 6;
+    /// An address hash chain longer than `MAX_ADDR_CHAIN`: the bind was
+    /// allowed without a verdict.
+    pub const ADDR_CHAIN_OVERFLOW: u32 = 6;
     /// Number of counters; size of the map.
     pub const COUNT: u32 = 7;
     /// Names, in index order, as `panda status` reports them.
@@ -112,7 +114,7 @@ pub mod counter {
         "freebind_set",
         "freebind_failed",
         "lsm_bind_denied",
-        "addr_events",
+        "addr_chain_overflow",
     ];
 }
 
@@ -134,6 +136,5 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding (all fields are u32/u64/u8
     // arrays laid out to natural alignment).
     unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -1,1 +1,327 @@
-//! TODO
+//! pandad's life: check everything that can be checked before touching the
+//! kernel, make the changes in an order that never opens a hole, serve until
+//! told to stop, and undo exactly what was done, in reverse.
+//!
+//! Order of set-up, and why:
+//! 1. config, cgroup, netns cookie, BPF load, probes: no kernel state changed
+//!    yet, so a refusal (bad cgroup, freebind unsupported) leaves no trace;
+//! 2. state record (crash safety), anchor address + local route (netlink);
+//! 3. nftables table: the prefix is sealed on `lo` before anything binds it;
+//! 4. bind6/sendmsg6 (and the LSM guard), and only then
+//!    `ip_nonlocal_bind=1`: there is never a moment with the sysctl at 1 and
+//!    no guard in place. Teardown restores the sysctl first for the same
+//!    reason.
+use std::{
+    fs::File,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, Hookless, Status, StatusSource},
+    bpf::Bpf,
+    btf, cgroup,
+    config::{Config, MechanismChoice},
+    firewall,
+    netlink::Netlink,
+    probe,
+    state::{Record, StateFile},
+    sysctl,
+};
+
+/// The mechanism in force, after probing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    Freebind,
+    Guard,
+}
+
+impl Mechanism {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mechanism::Freebind => "freebind",
+            Mechanism::Guard => "guard",
+        }
+    }
+}
+
+/// Everything this instance changed, so that teardown undoes exactly that.
+struct Applied {
+    state: StateFile,
+    record: Record,
+    table: bool,
+    sysctl_set: bool,
+}
+
+/// Runs pandad until SIGTERM/SIGINT. Returns after a complete teardown.
+pub async fn run(config: Config) -> Result<()> {
+    // --- 1. Decide everything before changing anything. ---
+    let cgroup_root = cgroup::cgroup2_root()?;
+    let target_cgroup: PathBuf = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
+    cgroup::validate(&cgroup_root, &target_cgroup)?;
+    let at_root = target_cgroup.canonicalize()? == cgroup_root.canonicalize()?;
+    if config.mechanism == MechanismChoice::Guard && !at_root {
+        bail!(guard_needs_root(&target_cgroup, &cgroup_root));
+    }
+
+    let state = StateFile::new(&config.state_dir);
+    let previous = state.take_over()?;
+    if let Some(p) = &previous {
+        warn!(
+            "found the record of an instance that stopped without cleaning up (pid {}); taking over its changes",
+            p.pid
+        );
+    }
+
+    let netns_cookie = probe::netns_cookie()?;
+    let kernel_btf = btf::Btf::from_sys_fs()?;
+    let offsets = btf::kernel_offsets(&kernel_btf)
+        .context("resolving the kernel structure offsets panda's BPF programs read")?;
+    let mut bpf = Bpf::load()?;
+    let root_fd = File::open(&cgroup_root)
+        .with_context(|| format!("opening cgroup2 root {}", cgroup_root.display()))?;
+
+    let mechanism = match config.mechanism {
+        MechanismChoice::Guard => Mechanism::Guard,
+        MechanismChoice::Auto | MechanismChoice::Freebind => {
+            match probe::freebind(&mut bpf, &root_fd)? {
+                probe::Freebind::Works => Mechanism::Freebind,
+                probe::Freebind::Refused(errno) if config.mechanism == MechanismChoice::Freebind => {
+                    bail!(
+                        "config key `mechanism`: \"freebind\" needs a kernel whose bpf_setsockopt \
+                         accepts IPV6_FREEBIND from a cgroup/bind6 program; this kernel refused it \
+                         (error {errno}). Use mechanism = \"auto\" or \"guard\" (see contrib/ for the kernel change)."
+                    );
+                }
+                probe::Freebind::Refused(errno) => {
+                    info!("bpf_setsockopt(IPV6_FREEBIND) refused here ({errno}); using guard mode");
+                    if !at_root {
+                        bail!(guard_needs_root(&target_cgroup, &cgroup_root));
+                    }
+                    Mechanism::Guard
+                }
+            }
+        }
+    };
+    let lsm = mechanism == Mechanism::Guard && probe::lsm_active(&mut bpf)?;
+    if mechanism == Mechanism::Guard && !lsm {
+        warn!(
+            "the bpf LSM is not active on this kernel: raw and ping sockets can bind addresses \
+             outside the prefix that are not configured here (`panda status` reports it; \
+             add `bpf` to the lsm= boot parameter to close it)"
+        );
+    }
+
+    let nl = Netlink::connect().await?;
+    if !nl.lo_is_up().await? {
+        bail!("`lo` is down in this network namespace; bring it up first: ip link set lo up");
+    }
+
+    bpf.write_config(&panda_common::Config {
+        prefix: config.prefix.network().octets(),
+        prefix_len: config.prefix.len() as u32,
+        mechanism: match mechanism {
+            Mechanism::Freebind => panda_common::mechanism::FREEBIND,
+            Mechanism::Guard => panda_common::mechanism::GUARD,
+        },
+        netns_cookie,
+        offsets,
+    })?;
+
+    // --- 2..5. Change the kernel, recording each change first. ---
+    let mut applied = Applied {
+        record: previous.unwrap_or_default(),
+        state,
+        table: false,
+        sysctl_set: false,
+    };
+    applied.record.pid = std::process::id();
+    let bpf = Arc::new(Mutex::new(bpf));
+    let result = setup(&config, &nl, &bpf, &target_cgroup, mechanism, lsm, &mut applied).await;
+    let outcome = match result {
+        Ok(()) => serve(&config, bpf.clone(), mechanism, lsm, netns_cookie, &target_cgroup).await,
+        Err(e) => Err(e),
+    };
+    let undo = teardown(&config, &nl, bpf, &mut applied).await;
+    match (outcome, undo) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e.context("tearing down")),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+fn guard_needs_root(target: &std::path::Path, root: &std::path::Path) -> String {
+    format!(
+        "config key `cgroup`: guard mode sets net.ipv6.ip_nonlocal_bind=1 for the whole network \
+         namespace, so only programs covering every process in it keep binds outside the prefix \
+         strict; {} is narrower than the cgroup2 root {}. Remove `cgroup` (or use a kernel where \
+         the freebind mechanism works, where a narrower cgroup is meaningful).",
+        target.display(),
+        root.display()
+    )
+}
+
+async fn setup(
+    config: &Config,
+    nl: &Netlink,
+    bpf: &Arc<Mutex<Bpf>>,
+    cgroup: &std::path::Path,
+    mechanism: Mechanism,
+    lsm: bool,
+    applied: &mut Applied,
+) -> Result<()> {
+    let anchor = config.prefix.anchor();
+    if mechanism == Mechanism::Guard && applied.record.nonlocal_bind_before.is_none() {
+        applied.record.nonlocal_bind_before = Some(sysctl::read_nonlocal_bind()?);
+    }
+    // Claim both before adding them (a crash in between must not leak them);
+    // after adding, keep a claim only for what we added or what a crashed
+    // instance of ours had added.
+    let inherited = applied.record.clone();
+    applied.record.owns_anchor = true;
+    applied.record.owns_route = true;
+    applied.state.write(&applied.record)?;
+    let anchor_new = nl
+        .add_anchor(anchor)
+        .await
+        .with_context(|| format!("adding the anchor address {anchor} to lo"))?;
+    applied.record.owns_anchor = anchor_new || inherited.owns_anchor;
+    let route_new = nl
+        .add_local_route(&config.prefix)
+        .await
+        .with_context(|| format!("adding the local route for {} on lo", config.prefix))?;
+    applied.record.owns_route = route_new || inherited.owns_route;
+    applied.state.write(&applied.record)?;
+
+    applied.table = true;
+    firewall::install(&config.table, &config.prefix)
+        .with_context(|| format!("installing nftables table inet {}", config.table))?;
+
+    let cgroup_fd =
+        File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    {
+        let mut bpf = bpf.lock().unwrap_or_else(|p| p.into_inner());
+        if mechanism == Mechanism::Guard {
+            bpf.attach_sock_addr("sendmsg6", &cgroup_fd)?;
+            if lsm {
+                bpf.attach_lsm("socket_bind")?;
+            }
+        }
+        bpf.attach_sock_addr("bind6", &cgroup_fd)?;
+    }
+    if mechanism == Mechanism::Guard {
+        // Guard mode is always attached at the root, which covers pandad.
+        probe::guard_self_check()?;
+        applied.sysctl_set = true;
+        sysctl::write_nonlocal_bind(1)?;
+    }
+    Ok(())
+}
+
+async fn serve(
+    config: &Config,
+    bpf: Arc<Mutex<Bpf>>,
+    mechanism: Mechanism,
+    lsm: bool,
+    netns_cookie: u64,
+    cgroup: &std::path::Path,
+) -> Result<()> {
+    let server = api::Server::bind(&config.socket).await?;
+    let source = Arc::new(StatusSource {
+        base: Status {
+            prefix: config.prefix.to_string(),
+            anchor: config.prefix.anchor().to_string(),
+            mechanism: mechanism.as_str().into(),
+            ready: true,
+            pid: std::process::id(),
+            uptime_secs: 0,
+            cgroup: cgroup.display().to_string(),
+            netns_cookie,
+            table: format!("inet {}", config.table),
+            hookless: Hookless {
+                raw_ping_bind: match (mechanism, lsm) {
+                    (Mechanism::Freebind, _) => "kernel".into(),
+                    (Mechanism::Guard, true) => "closed".into(),
+                    (Mechanism::Guard, false) => "open".into(),
+                },
+                icmp_send: "closed".into(),
+            },
+            counters: Default::default(),
+        },
+        started: Instant::now(),
+        bpf,
+    });
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    info!(
+        "ready: {} is a loopback subnet (mechanism {}, table inet {}, API {})",
+        config.prefix,
+        mechanism.as_str(),
+        config.table,
+        config.socket.display()
+    );
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("sd_notify READY failed: {e}");
+    }
+    tokio::select! {
+        _ = server.serve(source) => {}
+        _ = term.recv() => info!("SIGTERM: tearing down"),
+        _ = int.recv() => info!("SIGINT: tearing down"),
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    Ok(())
+}
+
+/// Undoes what `applied` records, in reverse order; keeps going past errors
+/// so that one failure does not leave the rest behind.
+async fn teardown(
+    config: &Config,
+    nl: &Netlink,
+    bpf: Arc<Mutex<Bpf>>,
+    applied: &mut Applied,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    if applied.sysctl_set || applied.record.nonlocal_bind_before.is_some() {
+        if let Some(v) = applied.record.nonlocal_bind_before {
+            if let Err(e) = sysctl::write_nonlocal_bind(v) {
+                errors.push(e.context("restoring net.ipv6.ip_nonlocal_bind"));
+            }
+        }
+    }
+    // Dropping the last reference closes every link and map.
+    drop(bpf);
+    if applied.table {
+        if let Err(e) = firewall::remove(&config.table) {
+            errors.push(e.context("removing the nftables table"));
+        }
+    }
+    if applied.record.owns_route {
+        if let Err(e) = nl.del_local_route(&config.prefix).await {
+            errors.push(e.context("removing the local route"));
+        }
+    }
+    if applied.record.owns_anchor {
+        if let Err(e) = nl.del_anchor(config.prefix.anchor()).await {
+            errors.push(e.context("removing the anchor address"));
+        }
+    }
+    if errors.is_empty() {
+        applied.state.remove()?;
+        info!("torn down: the namespace is as it was");
+        Ok(())
+    } else {
+        for e in &errors {
+            warn!("{e:#}");
+        }
+        bail!(
+            "{} teardown step(s) failed; the record in {} keeps what is left for the next start",
+            errors.len(),
+            config.state_dir.display()
+        )
+    }
+}

@@ -1,1 +1,115 @@
-//! TODO
+//! What this instance changed, on disk, so that a crash loses nothing.
+//!
+//! pandad writes the record *before* each change it makes. If it dies
+//! (SIGKILL, OOM, power cut) the next pandad with the same `state_dir` finds
+//! the record of a dead pid and knows which of the anchor address and the
+//! route were its own, and what `ip_nonlocal_bind` was before panda set it.
+//! Writes are atomic (temp file, fsync, rename, fsync of the directory).
+use std::{
+    fs::{self, File},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// One instance's changes to its network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The pandad that made (or is making) these changes.
+    pub pid: u32,
+    /// `net.ipv6.ip_nonlocal_bind` before panda touched it; None = untouched.
+    pub nonlocal_bind_before: Option<u32>,
+    /// panda added the anchor address (it was not there before).
+    pub owns_anchor: bool,
+    /// panda added the local route.
+    pub owns_route: bool,
+}
+
+/// The record file of one `state_dir`.
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(state_dir: &Path) -> StateFile {
+        StateFile {
+            path: state_dir.join("state.json"),
+        }
+    }
+
+    /// The record left by an earlier instance that is no longer running.
+    /// Fails if that instance is still alive: two pandads must not share a
+    /// namespace's state.
+    pub fn take_over(&self) -> Result<Option<Record>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        let rec: Record = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a panda state record", self.path.display()))?;
+        if rec.pid != std::process::id() && Path::new(&format!("/proc/{}", rec.pid)).exists() {
+            let comm = fs::read_to_string(format!("/proc/{}/comm", rec.pid)).unwrap_or_default();
+            if comm.trim() == "pandad" {
+                bail!(
+                    "another pandad (pid {}) is running with state_dir {}",
+                    rec.pid,
+                    self.path.parent().unwrap_or(Path::new("/")).display()
+                );
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    /// Durably replaces the record.
+    pub fn write(&self, rec: &Record) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(rec)?.as_bytes())?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// Called after a complete teardown: nothing is left to undo.
+    pub fn remove(&self) -> Result<()> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_dead_owner() {
+        let dir = std::env::temp_dir().join(format!("panda-state-{}", std::process::id()));
+        let sf = StateFile::new(&dir);
+        assert_eq!(sf.take_over().unwrap(), None);
+        // A pid that cannot exist (above pid_max's hard limit of 2^22).
+        let rec = Record {
+            pid: 4_194_305,
+            nonlocal_bind_before: Some(0),
+            owns_anchor: true,
+            owns_route: false,
+        };
+        sf.write(&rec).unwrap();
+        assert_eq!(sf.take_over().unwrap(), Some(rec));
+        sf.remove().unwrap();
+        assert_eq!(sf.take_over().unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

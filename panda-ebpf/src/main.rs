@@ -10,39 +10,38 @@
 //! - `cgroup/sendmsg6` runs from `udpv6_sendmsg()` for unconnected sends, after
 //!   `IPV6_PKTINFO` has been parsed into the source it reports.
 //! - With `net.ipv6.ip_nonlocal_bind=1` the kernel skips its own "is this
-//!   address configured here?" check (`ipv6_chk_addr_and_flags`); in guard mode
-//!   these programs make that check instead, against `LOCAL_ADDRS`.
+//!   address configured here?" check, `ipv6_chk_addr_and_flags()`. In guard
+//!   mode these programs make that check instead, on the kernel's own data:
+//!   they walk the namespace's address hash table `net->ipv6.inet6_addr_lst`
+//!   exactly as that function does. Nothing is mirrored, so nothing lags: an
+//!   address is bindable from the instant the kernel would allow it.
 //! - `bpf_setsockopt(SOL_IPV6, IPV6_FREEBIND)` is refused (-EINVAL) by stock
 //!   kernels; the freebind mechanism is used only where the probe saw it work.
 //! - The context of a sock_addr program is, in the kernel, a
-//!   `struct bpf_sock_addr_kern` whose first field is `struct sock *sk`
-//!   (unchanged since 4.17). Rust has no CO-RE, so socket fields are read with
-//!   `bpf_probe_read_kernel` at offsets the daemon resolved from BTF.
+//!   `struct bpf_sock_addr_kern { struct sock *sk; struct sockaddr *uaddr; ..}`
+//!   (layout unchanged since 4.17). Rust has no CO-RE, so kernel fields are
+//!   read with `bpf_probe_read_kernel` at offsets the daemon resolved from BTF.
 #![no_std]
 #![no_main]
 
-
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, bpf_sock_addr},
+    bindings::bpf_sock_addr,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie,
         bpf_probe_read_kernel,
         generated::{bpf_set_retval, bpf_setsockopt},
     },
-    macros::{cgroup_sock_addr, fentry, fexit, lsm, map},
-    maps::{Array, HashMap, PerCpuArray},
-    programs::{FEntryContext, FExitContext, LsmContext, SockAddrContext},
+    macros::{cgroup_sock_addr, lsm, map},
+    maps::{Array, PerCpuArray},
+    programs::{LsmContext, SockAddrContext},
 };
-use panda_common::{counter, mechanism, probe, AddrKey, Config, LOCAL_ADDRS_MAX};
+use panda_common::{
+    counter, mechanism, probe, Config, IN6_ADDR_HSIZE_SHIFT, MAX_ADDR_CHAIN,
+};
 
 /// Written once by the daemon before anything is attached.
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-/// Addresses configured in the served netns: `(addr, ifindex) -> 1` and the
-/// summary `(addr, 0) -> number of interfaces carrying addr`.
-#[map]
-static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(LOCAL_ADDRS_MAX, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -62,7 +61,10 @@ const SOCK_RAW: u16 = 3;
 const IPPROTO_ICMPV6: u16 = 58;
 const IFA_F_OPTIMISTIC: u32 = 0x04;
 const IFA_F_TENTATIVE: u32 = 0x40;
-const RTM_DELADDR: i32 = 21;
+const IFA_HOST: u16 = 0x10;
+const IFA_LINK: u16 = 0x20;
+/// `GOLDEN_RATIO_32` of include/linux/hash.h (`hash_32()`).
+const GOLDEN_RATIO_32: u32 = 0x61C8_8647;
 
 #[inline(always)]
 fn count(idx: u32) {
@@ -75,6 +77,11 @@ fn count(idx: u32) {
 #[inline(always)]
 fn config() -> Option<&'static Config> {
     CONFIG.get(0)
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
 /// Address words as the kernel hands them to sock_addr programs (network byte
@@ -134,18 +141,145 @@ fn exempt(addr: &[u8; 16]) -> bool {
         i += 1;
     }
     let mapped = addr[10] == 0xff && addr[11] == 0xff;
-    let any = addr[10..].iter().all(|b| *b == 0);
+    let any = addr[10] == 0 && addr[11] == 0 && addr[12..].iter().all(|b| *b == 0);
     mapped || any
 }
 
-/// `ipv6_chk_addr()` against the mirrored address table.
 #[inline(always)]
-fn is_local(addr: &[u8; 16]) -> bool {
-    let key = AddrKey {
-        addr: *addr,
-        ifindex: 0,
+fn is_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && (addr[1] & 0xc0) == 0x80
+}
+
+/// `jhash2(k, 4, initval)` of include/linux/jhash.h.
+#[inline(always)]
+fn jhash2_4(k: [u32; 4], initval: u32) -> u32 {
+    let init = 0xdead_beefu32.wrapping_add(4 << 2).wrapping_add(initval);
+    let (mut a, mut b, mut c) = (init, init, init);
+    a = a.wrapping_add(k[0]);
+    b = b.wrapping_add(k[1]);
+    c = c.wrapping_add(k[2]);
+    // __jhash_mix
+    a = a.wrapping_sub(c);
+    a ^= c.rotate_left(4);
+    c = c.wrapping_add(b);
+    b = b.wrapping_sub(a);
+    b ^= a.rotate_left(6);
+    a = a.wrapping_add(c);
+    c = c.wrapping_sub(b);
+    c ^= b.rotate_left(8);
+    b = b.wrapping_add(a);
+    a = a.wrapping_sub(c);
+    a ^= c.rotate_left(16);
+    c = c.wrapping_add(b);
+    b = b.wrapping_sub(a);
+    b ^= a.rotate_left(19);
+    a = a.wrapping_add(c);
+    c = c.wrapping_sub(b);
+    c ^= b.rotate_left(4);
+    b = b.wrapping_add(a);
+    // last word, then __jhash_final
+    a = a.wrapping_add(k[3]);
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
+/// `ipv6_chk_addr_and_flags(net, addr, dev, strict, 0, IFA_F_TENTATIVE)`:
+/// is `addr` configured, not tentative (optimistic counts), on `dev` when
+/// the address is link- or host-scoped (or `strict`), in namespace `net`?
+/// `dev == 0` means "any device".
+///
+/// `inet6_addr_hash()` is `hash_32(ipv6_addr_hash(a) ^ net_hash_mix(net))`
+/// before Linux 6.13 and `hash_32(__ipv6_addr_jhash(a, net_hash_mix(net)))`
+/// since. The version is not in BTF, so both buckets are walked (jhash
+/// first); entries are compared by full address, so walking a bucket the
+/// kernel does not use can never produce a false "yes". The daemon checks
+/// at start that `::1` is found.
+#[inline(always)]
+fn kernel_has_addr(net: u64, addr: &[u8; 16], dev: u32, strict: bool, cfg: &Config) -> bool {
+    let o = &cfg.offsets;
+    let Some(table) = read::<u64>(net + o.net_addr_lst as u64) else {
+        return false;
     };
-    matches!(unsafe { LOCAL_ADDRS.get(&key) }, Some(n) if *n > 0)
+    let mix: u32 = read(net + o.net_hash_mix as u64).unwrap_or(0);
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let words = [w(0), w(4), w(8), w(12)];
+    let hash_32 = |v: u32| v.wrapping_mul(GOLDEN_RATIO_32) >> (32 - IN6_ADDR_HSIZE_SHIFT);
+    let jhash_bucket = hash_32(jhash2_4(words, mix));
+    let xor_bucket = hash_32(words[0] ^ words[1] ^ words[2] ^ words[3] ^ mix);
+    match walk_chain(table, jhash_bucket, addr, dev, strict, cfg) {
+        Chain::Found => true,
+        Chain::TooLong => {
+            count(counter::ADDR_CHAIN_OVERFLOW);
+            true // never stricter than the kernel
+        }
+        Chain::Absent => match walk_chain(table, xor_bucket, addr, dev, strict, cfg) {
+            Chain::Found => true,
+            Chain::TooLong => {
+                count(counter::ADDR_CHAIN_OVERFLOW);
+                true
+            }
+            Chain::Absent => false,
+        },
+    }
+}
+
+enum Chain {
+    Found,
+    Absent,
+    TooLong,
+}
+
+#[inline(always)]
+fn walk_chain(table: u64, bucket: u32, addr: &[u8; 16], dev: u32, strict: bool, cfg: &Config) -> Chain {
+    let o = &cfg.offsets;
+    // hlist_head { first }, hlist_node { next, pprev }.
+    let Some(mut node) = read::<u64>(table + bucket as u64 * 8) else {
+        return Chain::Absent;
+    };
+    let mut i = 0;
+    while i < MAX_ADDR_CHAIN {
+        if node == 0 {
+            return Chain::Absent;
+        }
+        let ifa = node - o.ifa_addr_lst as u64;
+        if read::<[u8; 16]>(ifa + o.ifa_addr as u64).as_ref() == Some(addr) {
+            let mut flags: u32 = read(ifa + o.ifa_flags as u64).unwrap_or(IFA_F_TENTATIVE);
+            if flags & IFA_F_OPTIMISTIC != 0 {
+                flags &= !IFA_F_TENTATIVE;
+            }
+            if flags & IFA_F_TENTATIVE == 0 {
+                let scope: u16 = read(ifa + o.ifa_scope as u64).unwrap_or(IFA_HOST);
+                if dev == 0 || (scope & (IFA_LINK | IFA_HOST) == 0 && !strict) {
+                    return Chain::Found;
+                }
+                let ifindex = read::<u64>(ifa + o.ifa_idev as u64)
+                    .and_then(|idev| read::<u64>(idev + o.idev_dev as u64))
+                    .and_then(|nd| read::<u32>(nd + o.dev_ifindex as u64));
+                if ifindex == Some(dev) {
+                    return Chain::Found;
+                }
+            }
+        }
+        node = match read::<u64>(node) {
+            Some(next) => next,
+            None => return Chain::Absent,
+        };
+        i += 1;
+    }
+    Chain::TooLong
 }
 
 /// `ipv6_can_nonlocal_bind()`'s per-socket half: IP(V6)_FREEBIND or
@@ -153,23 +287,47 @@ fn is_local(addr: &[u8; 16]) -> bool {
 #[inline(always)]
 fn sock_may_bind_nonlocal(sk: u64, cfg: &Config) -> bool {
     let o = &cfg.offsets;
-    if o.valid == 0 || sk == 0 {
-        return false;
-    }
     let fb: u8 = read(sk + o.freebind_byte as u64).unwrap_or(0);
     let tp: u8 = read(sk + o.transparent_byte as u64).unwrap_or(0);
     (fb as u32 & o.freebind_mask) != 0 || (tp as u32 & o.transparent_mask) != 0
 }
 
+/// The guard's verdict for a socket `sk` that wants source/bind address
+/// `addr`: true when the kernel, with `ip_nonlocal_bind=0`, would allow it.
 #[inline(always)]
-fn read<T>(addr: u64) -> Option<T> {
-    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+fn kernel_would_allow(sk: u64, addr: &[u8; 16], dev: u32, strict: bool, cfg: &Config) -> bool {
+    if in_prefix(addr, cfg) || exempt(addr) {
+        return true;
+    }
+    if cfg.offsets.valid == 0 || sk == 0 {
+        return true; // no offsets: cannot judge; the daemon refuses to start
+    }
+    let Some(net) = read::<u64>(sk + cfg.offsets.sock_net as u64) else {
+        return true;
+    };
+    kernel_has_addr(net, addr, dev, strict, cfg) || sock_may_bind_nonlocal(sk, cfg)
 }
 
 /// The `struct sock *` behind a sock_addr context (see the contract above).
 #[inline(always)]
 fn sock_addr_sk(ctx: &SockAddrContext) -> u64 {
     read::<u64>(ctx.sock_addr as u64).unwrap_or(0)
+}
+
+/// The device a bind is scoped to, as `__inet6_bind()` will compute it: the
+/// sockaddr's `sin6_scope_id` for link-local addresses, else the socket's
+/// bound device.
+#[inline(always)]
+fn bind_dev(ctx: &SockAddrContext, sk: u64, addr: &[u8; 16], cfg: &Config) -> u32 {
+    if is_link_local(addr) {
+        let scope_id = read::<u64>(ctx.sock_addr as u64 + 8)
+            .and_then(|uaddr| read::<u32>(uaddr + 24))
+            .unwrap_or(0);
+        if scope_id != 0 {
+            return scope_id;
+        }
+    }
+    read::<u32>(sk + cfg.offsets.sock_bound_dev_if as u64).unwrap_or(0)
 }
 
 #[inline(always)]
@@ -207,18 +365,22 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
         }
         return ALLOW;
     }
-    if cfg.mechanism != mechanism::GUARD || exempt(&addr) || is_local(&addr) {
+    if cfg.mechanism != mechanism::GUARD || exempt(&addr) {
         return ALLOW;
     }
-    if sock_may_bind_nonlocal(sock_addr_sk(&ctx), cfg) {
+    let sk = sock_addr_sk(&ctx);
+    let dev = bind_dev(&ctx, sk, &addr, cfg);
+    if kernel_would_allow(sk, &addr, dev, is_link_local(&addr), cfg) {
         return ALLOW;
     }
     count(counter::BIND_DENIED);
     deny_with(EADDRNOTAVAIL)
 }
 
-/// Guard mode only: an IPV6_PKTINFO source must pass the same test as a bind;
-/// the kernel's own check (ip6_datagram_send_ctl) answers EINVAL.
+/// Guard mode only: an IPV6_PKTINFO source must pass the test
+/// `ip6_datagram_send_ctl()` makes with the sysctl at 0, which answers
+/// EINVAL. (Its device for link-local sources, `ipi6_ifindex`, is not visible
+/// here: link-local sources are checked against every device.)
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     let Some(cfg) = config() else { return ALLOW };
@@ -229,10 +391,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     }
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
     let src = addr_bytes(sa.msg_src_ip6);
-    if in_prefix(&src, cfg) || exempt(&src) || is_local(&src) {
-        return ALLOW;
-    }
-    if sock_may_bind_nonlocal(sock_addr_sk(&ctx), cfg) {
+    if kernel_would_allow(sock_addr_sk(&ctx), &src, 0, false, cfg) {
         return ALLOW;
     }
     count(counter::SENDMSG_DENIED);
@@ -260,7 +419,8 @@ pub fn socket_bind(ctx: LsmContext) -> i32 {
         return 0; // the protocol's bind rejects it with its own errno
     }
     let Some(sk) = read::<u64>(sock + o.socket_sk as u64) else { return 0 };
-    if netns_of_sock(sk, cfg) != Some(cfg.netns_cookie) {
+    let Some(net) = read::<u64>(sk + o.sock_net as u64) else { return 0 };
+    if read::<u64>(net + o.net_cookie as u64) != Some(cfg.netns_cookie) {
         return 0;
     }
     if read::<u16>(uaddr) != Some(AF_INET6) {
@@ -273,92 +433,19 @@ pub fn socket_bind(ctx: LsmContext) -> i32 {
         return 0; // TCP/UDP/SCTP: cgroup/bind6 decides, with its counters
     }
     let Some(addr) = read::<[u8; 16]>(uaddr + 8) else { return 0 };
-    if in_prefix(&addr, cfg) || exempt(&addr) || is_local(&addr) {
-        return 0;
+    let mut dev = read::<u32>(sk + o.sock_bound_dev_if as u64).unwrap_or(0);
+    if is_link_local(&addr) {
+        if let Some(scope_id) = read::<u32>(uaddr + 24) {
+            if scope_id != 0 {
+                dev = scope_id;
+            }
+        }
     }
-    if sock_may_bind_nonlocal(sk, cfg) {
+    if kernel_would_allow(sk, &addr, dev, is_link_local(&addr), cfg) {
         return 0;
     }
     count(counter::LSM_BIND_DENIED);
     -EADDRNOTAVAIL
-}
-
-#[inline(always)]
-fn netns_of_sock(sk: u64, cfg: &Config) -> Option<u64> {
-    let net: u64 = read(sk + cfg.offsets.sock_net as u64)?;
-    read(net + cfg.offsets.net_cookie as u64)
-}
-
-/// Bring `LOCAL_ADDRS` in line with one `struct inet6_ifaddr`, the way
-/// `ipv6_chk_addr_and_flags(.., IFA_F_TENTATIVE)` sees it: usable when present
-/// and not tentative (optimistic counts as usable). Both callers run under
-/// RTNL, which serialises the read-modify-write of the summary count (the
-/// BPF target has no atomic fetch-add in Rust's `core`).
-#[inline(always)]
-fn sync_ifa(ifp: u64, present: bool) {
-    let Some(cfg) = config() else { return };
-    let o = &cfg.offsets;
-    if o.valid == 0 || ifp == 0 || ifp >= (-4095i64) as u64 {
-        return;
-    }
-    let Some(idev) = read::<u64>(ifp + o.ifa_idev as u64) else { return };
-    let Some(dev) = read::<u64>(idev + o.idev_dev as u64) else { return };
-    let Some(net) = read::<u64>(dev + o.dev_net as u64) else { return };
-    if read::<u64>(net + o.net_cookie as u64) != Some(cfg.netns_cookie) {
-        return;
-    }
-    let Some(ifindex) = read::<u32>(dev + o.dev_ifindex as u64) else { return };
-    let Some(addr) = read::<[u8; 16]>(ifp + o.ifa_addr as u64) else { return };
-    let flags: u32 = read(ifp + o.ifa_flags as u64).unwrap_or(IFA_F_TENTATIVE);
-    let usable = present && (flags & IFA_F_TENTATIVE == 0 || flags & IFA_F_OPTIMISTIC != 0);
-    count(counter::ADDR_EVENTS);
-    let key = AddrKey { addr, ifindex };
-    let summary = AddrKey { addr, ifindex: 0 };
-    if usable {
-        if LOCAL_ADDRS.insert(&key, &1, BPF_NOEXIST as u64).is_ok() {
-            match LOCAL_ADDRS.get_ptr_mut(&summary) {
-                Some(n) => unsafe { *n += 1 },
-                None => {
-                    if LOCAL_ADDRS.insert(&summary, &1, BPF_NOEXIST as u64).is_err() {
-                        if let Some(n) = LOCAL_ADDRS.get_ptr_mut(&summary) {
-                            unsafe { *n += 1 };
-                        }
-                    }
-                }
-            }
-        }
-    } else if LOCAL_ADDRS.remove(&key).is_ok() {
-        if let Some(n) = LOCAL_ADDRS.get_ptr_mut(&summary) {
-            let left = unsafe {
-                *n = (*n).saturating_sub(1);
-                *n
-            };
-            if left == 0 {
-                let _ = LOCAL_ADDRS.remove(&summary);
-            }
-        }
-    }
-}
-
-/// A new address is in the kernel's hash (and, with `nodad`, usable) when
-/// `ipv6_add_addr()` returns; its netlink notification comes later, from a
-/// workqueue. Tracking it here closes that race for add-then-bind.
-#[fexit(function = "ipv6_add_addr")]
-pub fn addr_added(ctx: FExitContext) -> i32 {
-    if let Ok(ifp) = ctx.ret::<u64>() {
-        sync_ifa(ifp, true);
-    }
-    0
-}
-
-/// Every later change the kernel announces (DAD done or failed, deletion,
-/// interface down) passes here, synchronously, before userspace hears of it.
-#[fentry(function = "__ipv6_ifa_notify")]
-pub fn addr_notify(ctx: FEntryContext) -> i32 {
-    let event: i32 = ctx.arg(0);
-    let ifp: u64 = ctx.arg(1);
-    sync_ifa(ifp, event != RTM_DELADDR);
-    0
 }
 
 /// Probe: does bpf_setsockopt(SOL_IPV6, IPV6_FREEBIND) work here? Acts only on
@@ -385,8 +472,8 @@ pub fn probe_freebind(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Probe: is the bpf LSM active? (An LSM program attaches even where the bpf
-/// LSM is not enabled; it just never runs.)
+/// Probe: is the bpf LSM usable? (An LSM program can attach where the bpf
+/// LSM is not enabled; it then never runs. Some kernels refuse to load it.)
 #[lsm(hook = "socket_bind")]
 pub fn probe_lsm(_ctx: LsmContext) -> i32 {
     if let Some(target) = PROBE.get(probe::TARGET) {
