@@ -79,8 +79,8 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let netns_cookie = probe::netns_cookie()?;
-    let kernel_btf = btf::Btf::from_sys_fs()?;
-    let offsets = btf::kernel_offsets(&kernel_btf)
+    // The parsed BTF is large; keep only the offsets.
+    let offsets = btf::kernel_offsets(&btf::Btf::from_sys_fs()?)
         .context("resolving the kernel structure offsets panda's BPF programs read")?;
     let mut bpf = Bpf::load()?;
     let root_fd = File::open(&cgroup_root)
