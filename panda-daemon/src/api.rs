@@ -58,7 +58,10 @@ impl StatusSource {
     fn snapshot(&self) -> Result<Status> {
         let mut s = self.base.clone();
         s.uptime_secs = self.started.elapsed().as_secs();
-        let bpf = self.bpf.lock().map_err(|_| anyhow::anyhow!("BPF state poisoned"))?;
+        let bpf = self
+            .bpf
+            .lock()
+            .map_err(|_| anyhow::anyhow!("BPF state poisoned"))?;
         let values = bpf.counters()?;
         s.counters = panda_common::counter::NAMES
             .iter()
@@ -79,8 +82,7 @@ impl Server {
     /// Binds `path`, replacing a stale socket file but never a live server.
     pub async fn bind(path: &Path) -> Result<Server> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {

@@ -52,7 +52,9 @@ impl Bpf {
     /// Publishes the programs' configuration. Call before attaching anything.
     pub fn write_config(&mut self, cfg: &Config) -> Result<()> {
         let mut map: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("map CONFIG missing"))?,
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or_else(|| anyhow!("map CONFIG missing"))?,
         )?;
         map.set(0, cfg, 0).context("writing the CONFIG map")?;
         Ok(())
@@ -66,7 +68,8 @@ impl Bpf {
             .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
             .try_into()?;
         if prog.fd().is_err() {
-            prog.load().with_context(|| format!("loading BPF program {name}"))?;
+            prog.load()
+                .with_context(|| format!("loading BPF program {name}"))?;
         }
         Ok(prog)
     }
@@ -100,7 +103,8 @@ impl Bpf {
             .try_into()?;
         prog.load(LSM_HOOK, &self.kernel_btf)
             .with_context(|| format!("loading LSM program {name}"))?;
-        prog.attach().with_context(|| format!("attaching LSM program {name}"))?;
+        prog.attach()
+            .with_context(|| format!("attaching LSM program {name}"))?;
         Ok(())
     }
 

@@ -259,7 +259,6 @@ impl Btf {
     pub fn enum_value(&self, name: &str) -> Option<i64> {
         self.enum_values.get(name).copied()
     }
-
 }
 
 struct Reader<'a> {
@@ -268,11 +267,17 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn u16(&self, at: usize) -> Result<u16> {
-        let b = self.data.get(at..at + 2).ok_or_else(|| anyhow!("truncated at {at}"))?;
+        let b = self
+            .data
+            .get(at..at + 2)
+            .ok_or_else(|| anyhow!("truncated at {at}"))?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&self, at: usize) -> Result<u32> {
-        let b = self.data.get(at..at + 4).ok_or_else(|| anyhow!("truncated at {at}"))?;
+        let b = self
+            .data
+            .get(at..at + 4)
+            .ok_or_else(|| anyhow!("truncated at {at}"))?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
@@ -320,8 +325,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets> {
         net_cookie: bytes("net", "net_cookie")?,
         net_hash_mix: bytes("net", "hash_mix")?,
         // Per-netns since Linux 5.18; older kernels have a global table.
-        net_addr_lst: bytes("net", "ipv6.inet6_addr_lst")
-            .context("this kernel has no per-namespace IPv6 address table (Linux >= 5.18 needed)")?,
+        net_addr_lst: bytes("net", "ipv6.inet6_addr_lst").context(
+            "this kernel has no per-namespace IPv6 address table (Linux >= 5.18 needed)",
+        )?,
         ifa_addr: bytes("inet6_ifaddr", "addr")?,
         ifa_flags: bytes("inet6_ifaddr", "flags")?,
         ifa_scope: bytes("inet6_ifaddr", "scope")?,
@@ -366,7 +372,10 @@ mod tests {
             (off.freebind_byte, off.freebind_mask),
             (off.transparent_byte, off.transparent_mask)
         );
-        assert_eq!(off.ifa_addr, 0, "struct inet6_ifaddr starts with its address");
+        assert_eq!(
+            off.ifa_addr, 0,
+            "struct inet6_ifaddr starts with its address"
+        );
         assert!(off.net_addr_lst > 0 && off.ifa_addr_lst > off.ifa_addr);
         assert!(btf.field("sock", "no_such_member").is_err());
     }

@@ -37,7 +37,10 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v as char);
             i += 4;
@@ -59,7 +62,10 @@ pub fn validate(root: &Path, path: &Path) -> Result<()> {
         );
     }
     if !path.join("cgroup.procs").exists() {
-        bail!("cgroup {} does not exist (no cgroup.procs in it)", path.display());
+        bail!(
+            "cgroup {} does not exist (no cgroup.procs in it)",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -72,12 +78,18 @@ mod tests {
     fn finds_hybrid_mount() {
         let info = "24 30 0:22 / /sys rw,nosuid - sysfs sysfs rw\n\
                     41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_mountinfo(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            parse_mountinfo(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
     fn no_cgroup2() {
-        assert_eq!(parse_mountinfo("24 30 0:22 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            parse_mountinfo("24 30 0:22 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub async fn run(config: Config) -> Result<()> {
         MechanismChoice::Auto | MechanismChoice::Freebind => {
             match probe::freebind(&mut bpf, &root_fd)? {
                 probe::Freebind::Works => Mechanism::Freebind,
-                probe::Freebind::Refused(errno) if config.mechanism == MechanismChoice::Freebind => {
+                probe::Freebind::Refused(errno)
+                    if config.mechanism == MechanismChoice::Freebind =>
+                {
                     bail!(
                         "config key `mechanism`: \"freebind\" needs a kernel whose bpf_setsockopt \
                          accepts IPV6_FREEBIND from a cgroup/bind6 program; this kernel refused it \
@@ -142,9 +144,28 @@ pub async fn run(config: Config) -> Result<()> {
     };
     applied.record.pid = std::process::id();
     let bpf = Arc::new(Mutex::new(bpf));
-    let result = setup(&config, &nl, &bpf, &target_cgroup, mechanism, lsm, &mut applied).await;
+    let result = setup(
+        &config,
+        &nl,
+        &bpf,
+        &target_cgroup,
+        mechanism,
+        lsm,
+        &mut applied,
+    )
+    .await;
     let outcome = match result {
-        Ok(()) => serve(&config, bpf.clone(), mechanism, lsm, netns_cookie, &target_cgroup).await,
+        Ok(()) => {
+            serve(
+                &config,
+                bpf.clone(),
+                mechanism,
+                lsm,
+                netns_cookie,
+                &target_cgroup,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     let undo = teardown(&config, &nl, bpf, &mut applied).await;

@@ -43,7 +43,13 @@ impl Socket {
         let mut len = mem::size_of::<u64>() as libc::socklen_t;
         // SAFETY: v/len describe a valid u64 buffer.
         let r = unsafe {
-            libc::getsockopt(self.0.as_raw_fd(), level, name, (&mut v as *mut u64).cast(), &mut len)
+            libc::getsockopt(
+                self.0.as_raw_fd(),
+                level,
+                name,
+                (&mut v as *mut u64).cast(),
+                &mut len,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -94,7 +100,9 @@ pub enum Freebind {
 /// Runs the freebind probe with `probe_freebind` attached at `cgroup_root`.
 pub fn freebind(bpf: &mut Bpf, cgroup_root: &File) -> Result<Freebind> {
     let sock = Socket::udp6().context("creating the probe socket")?;
-    let cookie = sock.cookie().context("reading SO_COOKIE of the probe socket")?;
+    let cookie = sock
+        .cookie()
+        .context("reading SO_COOKIE of the probe socket")?;
     {
         let mut map = bpf.probe_map()?;
         map.set(probe::FREEBIND_RESULT, 0, 0)?;

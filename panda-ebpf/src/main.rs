@@ -35,9 +35,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::{LsmContext, SockAddrContext},
 };
-use panda_common::{
-    counter, mechanism, probe, Config, IN6_ADDR_HSIZE_SHIFT, MAX_ADDR_CHAIN,
-};
+use panda_common::{counter, mechanism, probe, Config, IN6_ADDR_HSIZE_SHIFT, MAX_ADDR_CHAIN};
 
 /// Written once by the daemon before anything is attached.
 #[map]
@@ -243,7 +241,14 @@ enum Chain {
 }
 
 #[inline(always)]
-fn walk_chain(table: u64, bucket: u32, addr: &[u8; 16], dev: u32, strict: bool, cfg: &Config) -> Chain {
+fn walk_chain(
+    table: u64,
+    bucket: u32,
+    addr: &[u8; 16],
+    dev: u32,
+    strict: bool,
+    cfg: &Config,
+) -> Chain {
     let o = &cfg.offsets;
     // hlist_head { first }, hlist_node { next, pprev }.
     let Some(mut node) = read::<u64>(table + bucket as u64 * 8) else {
@@ -418,8 +423,12 @@ pub fn socket_bind(ctx: LsmContext) -> i32 {
     if addrlen < 24 {
         return 0; // the protocol's bind rejects it with its own errno
     }
-    let Some(sk) = read::<u64>(sock + o.socket_sk as u64) else { return 0 };
-    let Some(net) = read::<u64>(sk + o.sock_net as u64) else { return 0 };
+    let Some(sk) = read::<u64>(sock + o.socket_sk as u64) else {
+        return 0;
+    };
+    let Some(net) = read::<u64>(sk + o.sock_net as u64) else {
+        return 0;
+    };
     if read::<u64>(net + o.net_cookie as u64) != Some(cfg.netns_cookie) {
         return 0;
     }
@@ -432,7 +441,9 @@ pub fn socket_bind(ctx: LsmContext) -> i32 {
     if !hookless {
         return 0; // TCP/UDP/SCTP: cgroup/bind6 decides, with its counters
     }
-    let Some(addr) = read::<[u8; 16]>(uaddr + 8) else { return 0 };
+    let Some(addr) = read::<[u8; 16]>(uaddr + 8) else {
+        return 0;
+    };
     let mut dev = read::<u32>(sk + o.sock_bound_dev_if as u64).unwrap_or(0);
     if is_link_local(&addr) {
         if let Some(scope_id) = read::<u32>(uaddr + 24) {
@@ -452,7 +463,9 @@ pub fn socket_bind(ctx: LsmContext) -> i32 {
 /// the one socket whose cookie the daemon wrote to `PROBE[TARGET]`.
 #[cgroup_sock_addr(bind6)]
 pub fn probe_freebind(ctx: SockAddrContext) -> i32 {
-    let Some(target) = PROBE.get(probe::TARGET) else { return ALLOW };
+    let Some(target) = PROBE.get(probe::TARGET) else {
+        return ALLOW;
+    };
     if unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) } as i64 != *target {
         return ALLOW;
     }
