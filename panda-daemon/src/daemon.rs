@@ -60,6 +60,10 @@ struct Applied {
 
 /// Runs pandad until SIGTERM/SIGINT. Returns after a complete teardown.
 pub async fn run(config: Config) -> Result<()> {
+    // From here on SIGTERM/SIGINT no longer kill the process: a signal that
+    // arrives during set-up is seen once set-up is done, and undone cleanly.
+    let mut signals = Signals::install()?;
+
     // --- 1. Decide everything before changing anything. ---
     let cgroup_root = cgroup::cgroup2_root()?;
     let target_cgroup: PathBuf = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
@@ -76,7 +80,17 @@ pub async fn run(config: Config) -> Result<()> {
             "found the record of an instance that stopped without cleaning up (pid {}); taking over its changes",
             p.pid
         );
+    } else if firewall::exists(&config.table)? {
+        bail!(
+            "nftables table inet {} already exists in this network namespace and no state \
+             record in {} says it is ours: another pandad is running here (or one ran with a \
+             different state_dir). Stop it, or set `table` and `state_dir` for this instance",
+            config.table,
+            config.state_dir.display()
+        );
     }
+    // Bound before any change: a socket in use is a refusal that leaves no trace.
+    let server = api::Server::bind(&config.socket).await?;
 
     let netns_cookie = probe::netns_cookie()?;
     // The parsed BTF is large; keep only the offsets.
@@ -110,15 +124,28 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     };
-    let lsm = mechanism == Mechanism::Guard && probe::lsm_active(&mut bpf)?;
-    if mechanism == Mechanism::Guard && !lsm {
-        warn!(
-            "the bpf LSM is not active on this kernel: raw and ping sockets can bind addresses \
-             outside the prefix that are not configured here (`panda status` reports it; \
-             add `bpf` to the lsm= boot parameter to close it)"
-        );
-    }
-
+    let lsm = match mechanism {
+        Mechanism::Freebind => false,
+        Mechanism::Guard => match probe::lsm(&mut bpf)? {
+            probe::Lsm::Active => true,
+            probe::Lsm::NotEnabled => {
+                warn!(
+                    "the bpf LSM is not enabled (`bpf` missing from the lsm= boot parameter): \
+                     raw and ping sockets can bind unconfigured addresses outside the prefix; \
+                     they still cannot send ICMPv6 from them (nftables backstop)"
+                );
+                false
+            }
+            probe::Lsm::Refused(why) => {
+                warn!(
+                    "this kernel refuses BPF LSM programs ({why}): raw and ping sockets can bind \
+                     unconfigured addresses outside the prefix; they still cannot send ICMPv6 \
+                     from them (nftables backstop)"
+                );
+                false
+            }
+        },
+    };
     let nl = Netlink::connect().await?;
     if !nl.lo_is_up().await? {
         bail!("`lo` is down in this network namespace; bring it up first: ip link set lo up");
@@ -156,15 +183,8 @@ pub async fn run(config: Config) -> Result<()> {
     .await;
     let outcome = match result {
         Ok(()) => {
-            serve(
-                &config,
-                bpf.clone(),
-                mechanism,
-                lsm,
-                netns_cookie,
-                &target_cgroup,
-            )
-            .await
+            let base = status_base(&config, mechanism, lsm, netns_cookie, &target_cgroup);
+            serve(&config, server, base, bpf.clone(), &mut signals).await
         }
         Err(e) => Err(e),
     };
@@ -244,45 +264,66 @@ async fn setup(
     Ok(())
 }
 
-async fn serve(
+/// SIGTERM and SIGINT, caught from the start of [`run`].
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+}
+
+fn status_base(
     config: &Config,
-    bpf: Arc<Mutex<Bpf>>,
     mechanism: Mechanism,
     lsm: bool,
     netns_cookie: u64,
     cgroup: &std::path::Path,
-) -> Result<()> {
-    let server = api::Server::bind(&config.socket).await?;
-    let source = Arc::new(StatusSource {
-        base: Status {
-            prefix: config.prefix.to_string(),
-            anchor: config.prefix.anchor().to_string(),
-            mechanism: mechanism.as_str().into(),
-            ready: true,
-            pid: std::process::id(),
-            uptime_secs: 0,
-            cgroup: cgroup.display().to_string(),
-            netns_cookie,
-            table: format!("inet {}", config.table),
-            hookless: Hookless {
-                raw_ping_bind: match (mechanism, lsm) {
-                    (Mechanism::Freebind, _) => "kernel".into(),
-                    (Mechanism::Guard, true) => "closed".into(),
-                    (Mechanism::Guard, false) => "open".into(),
-                },
-                icmp_send: "closed".into(),
+) -> Status {
+    Status {
+        prefix: config.prefix.to_string(),
+        anchor: config.prefix.anchor().to_string(),
+        mechanism: mechanism.as_str().into(),
+        ready: true,
+        pid: std::process::id(),
+        uptime_secs: 0,
+        cgroup: cgroup.display().to_string(),
+        netns_cookie,
+        table: format!("inet {}", config.table),
+        hookless: Hookless {
+            raw_ping_bind: match (mechanism, lsm) {
+                (Mechanism::Freebind, _) => "kernel".into(),
+                (Mechanism::Guard, true) => "closed".into(),
+                (Mechanism::Guard, false) => "open".into(),
             },
-            counters: Default::default(),
+            icmp_send: "closed".into(),
         },
+        counters: Default::default(),
+    }
+}
+
+async fn serve(
+    config: &Config,
+    server: api::Server,
+    base: Status,
+    bpf: Arc<Mutex<Bpf>>,
+    signals: &mut Signals,
+) -> Result<()> {
+    let source = Arc::new(StatusSource {
+        base,
         started: Instant::now(),
         bpf,
     });
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     info!(
         "ready: {} is a loopback subnet (mechanism {}, table inet {}, API {})",
         config.prefix,
-        mechanism.as_str(),
+        source.base.mechanism,
         config.table,
         config.socket.display()
     );
@@ -291,8 +332,8 @@ async fn serve(
     }
     tokio::select! {
         _ = server.serve(source) => {}
-        _ = term.recv() => info!("SIGTERM: tearing down"),
-        _ = int.recv() => info!("SIGINT: tearing down"),
+        _ = signals.term.recv() => info!("SIGTERM: tearing down"),
+        _ = signals.int.recv() => info!("SIGINT: tearing down"),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())

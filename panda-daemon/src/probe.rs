@@ -125,8 +125,20 @@ pub fn freebind(bpf: &mut Bpf, cgroup_root: &File) -> Result<Freebind> {
     })
 }
 
-/// Whether the bpf LSM is active (LSM programs actually run).
-pub fn lsm_active(bpf: &mut Bpf) -> Result<bool> {
+/// Whether an LSM program can guard raw and ping binds here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lsm {
+    /// The probe program loaded, attached and ran.
+    Active,
+    /// It attached but never ran: `bpf` is not in the active LSM list.
+    NotEnabled,
+    /// The kernel refused to load or attach it (no BPF LSM support, or
+    /// trampoline programs are not allowed, e.g. under lockdown).
+    Refused(String),
+}
+
+/// Finds out whether the bpf LSM is usable, by running `probe_lsm`.
+pub fn lsm(bpf: &mut Bpf) -> Result<Lsm> {
     // SAFETY: trivial syscalls.
     let pid_tgid = unsafe { ((libc::getpid() as u64) << 32) | libc::gettid() as u64 };
     {
@@ -135,14 +147,16 @@ pub fn lsm_active(bpf: &mut Bpf) -> Result<bool> {
         map.set(probe::TARGET, pid_tgid as i64, 0)?;
     }
     if let Err(e) = bpf.attach_lsm("probe_lsm") {
-        // No BPF LSM support compiled in, or no BTF for the hook.
-        tracing::info!("the bpf LSM is not usable here: {e:#}");
-        return Ok(false);
+        return Ok(Lsm::Refused(format!("{e:#}")));
     }
     let bound = Socket::udp6().and_then(|s| s.bind_any());
     bpf.detach_lsm("probe_lsm")?;
     bound.context("binding the LSM probe socket")?;
-    Ok(bpf.probe_map()?.get(&probe::LSM_RAN, 0)? == 1)
+    Ok(if bpf.probe_map()?.get(&probe::LSM_RAN, 0)? == 1 {
+        Lsm::Active
+    } else {
+        Lsm::NotEnabled
+    })
 }
 
 /// With the guard attached, binds `[::1]:0`: proof that the guard's walk of
