@@ -8,6 +8,7 @@ use std::{
 };
 
 use common::*;
+use std::os::unix::process::ExitStatusExt;
 
 /// The mechanism pandad picks with `mechanism = "auto"` on this kernel
 /// (probed once per test binary, in a throwaway netns).
@@ -515,4 +516,63 @@ fn custom_prefix_is_served_instead_of_default() {
     let (st, err) = p.stop();
     assert!(st.success(), "{st}: {err}");
     assert_same(&before, &ns.snapshot(), "after custom prefix run");
+}
+
+#[test]
+fn second_instance_refused_and_crash_taken_over() {
+    if !require_privileged() {
+        return;
+    }
+    let ns = Netns::new("lc-crash");
+    let before = ns.snapshot();
+    // The state directory outlives the first daemon, as /run/panda does.
+    let state = TempDir::new();
+    let config = |run: &TempDir| {
+        format!(
+            "socket = \"{}\"\nstate_dir = \"{}\"\n",
+            run.path().join("pandad.sock").display(),
+            state.path().display()
+        )
+    };
+    let run1 = TempDir::new();
+    let text = config(&run1);
+    let first = Pandad::launch_raw(&ns, run1, &text).ready();
+
+    // A second pandad in the same namespace (own socket and state) refuses:
+    // on stop it would tear down the first one's table.
+    let (st, err) = Pandad::launch(&ns, "").exited();
+    assert_failed_cleanly(&st, &err, "second instance in one netns");
+    assert!(
+        err.contains("already exists"),
+        "second instance: the error should say the table exists:\n{err}"
+    );
+    assert_eq!(
+        first.status()["ready"],
+        true,
+        "the first instance is unharmed"
+    );
+
+    // Crash the first: its changes stay behind (links die with it).
+    let mechanism = first.status()["mechanism"].as_str().unwrap().to_owned();
+    let (st, _) = first.stop_with(libc::SIGKILL);
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    let crashed = ns.snapshot();
+    assert_ne!(before, crashed, "SIGKILL must leave the changes behind");
+    if mechanism == "guard" {
+        assert_eq!(ns.sysctl("net.ipv6.ip_nonlocal_bind"), "1");
+    }
+
+    // A new instance with the same state_dir takes over, and its stop
+    // restores what was there before the first one: nothing is lost.
+    let run2 = TempDir::new();
+    let text = config(&run2);
+    let second = Pandad::launch_raw(&ns, run2, &text).ready();
+    assert!(
+        second.stderr_text().contains("taking over"),
+        "the new instance should say it takes over:\n{}",
+        second.stderr_text()
+    );
+    let (st, err) = second.stop();
+    assert!(st.success(), "{st}: {err}");
+    assert_same(&before, &ns.snapshot(), "after crash, take-over and stop");
 }

@@ -29,7 +29,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PANDA_BPF_OBJECT_PATH")
 /// panda-ebpf's programs and maps, loaded into the kernel.
 pub struct Bpf {
     ebpf: Ebpf,
-    kernel_btf: Btf,
+    /// None on kernels built without BTF: cgroup programs load without it;
+    /// the LSM program (and guard mode's offsets) need it.
+    kernel_btf: Option<Btf>,
 }
 
 /// An LSM program is a tracing program: whether it may be loaded and attached
@@ -40,10 +42,9 @@ pub const LSM_HOOK: &str = "socket_bind";
 impl Bpf {
     /// Loads the object (maps are created; programs are loaded on demand).
     pub fn load() -> Result<Bpf> {
-        let kernel_btf = Btf::from_sys_fs()
-            .context("reading kernel BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)")?;
+        let kernel_btf = Btf::from_sys_fs().ok();
         let ebpf = EbpfLoader::new()
-            .btf(Some(&kernel_btf))
+            .btf(kernel_btf.as_ref())
             .load(OBJECT)
             .context("loading panda's BPF object (needs root: CAP_BPF, CAP_PERFMON)")?;
         Ok(Bpf { ebpf, kernel_btf })
@@ -101,7 +102,11 @@ impl Bpf {
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing"))?
             .try_into()?;
-        prog.load(LSM_HOOK, &self.kernel_btf)
+        let btf = self
+            .kernel_btf
+            .as_ref()
+            .ok_or_else(|| anyhow!("LSM programs need kernel BTF (CONFIG_DEBUG_INFO_BTF)"))?;
+        prog.load(LSM_HOOK, btf)
             .with_context(|| format!("loading LSM program {name}"))?;
         prog.attach()
             .with_context(|| format!("attaching LSM program {name}"))?;

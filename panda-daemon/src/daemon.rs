@@ -93,9 +93,6 @@ pub async fn run(config: Config) -> Result<()> {
     let server = api::Server::bind(&config.socket).await?;
 
     let netns_cookie = probe::netns_cookie()?;
-    // The parsed BTF is large; keep only the offsets.
-    let offsets = btf::kernel_offsets(&btf::Btf::from_sys_fs()?)
-        .context("resolving the kernel structure offsets panda's BPF programs read")?;
     let mut bpf = Bpf::load()?;
     let root_fd = File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup2 root {}", cgroup_root.display()))?;
@@ -123,6 +120,13 @@ pub async fn run(config: Config) -> Result<()> {
                 }
             }
         }
+    };
+    // Guard mode reads kernel structures; freebind mode reads none, so a
+    // kernel without BTF can still run it.
+    let offsets = match mechanism {
+        Mechanism::Guard => btf::kernel_offsets(&btf::Btf::from_sys_fs()?)
+            .context("guard mode: resolving the kernel structure offsets its BPF programs read")?,
+        Mechanism::Freebind => Default::default(),
     };
     let lsm = match mechanism {
         Mechanism::Freebind => false,

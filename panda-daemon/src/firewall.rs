@@ -303,27 +303,11 @@ pub fn exists(table: &str) -> anyhow::Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    //! The `#[ignore]`d tests need root in a scratch network namespace:
-    //!
-    //! ```text
-    //! ip netns add h1test && ip -n h1test link set lo up
-    //! nsenter --net=/var/run/netns/h1test target/debug/deps/panda-HASH \
-    //!     --ignored --nocapture firewall::
-    //! ip netns del h1test
-    //! ```
+    //! Tests that run `nft` for real do so in their own fresh network
+    //! namespace ([`crate::testns`]), so they need root and never see or
+    //! change the host's ruleset.
     use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    fn in_scratch_netns() -> bool {
-        let Ok(me) = std::fs::metadata("/proc/self/ns/net").map(|m| (m.dev(), m.ino())) else {
-            return false;
-        };
-        let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-            return false;
-        };
-        dir.flatten()
-            .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| (m.dev(), m.ino()) == me))
-    }
+    use crate::testns;
 
     fn nft(args: &[&str]) -> String {
         let out = Command::new(NFT).args(args).output().expect("running nft");
@@ -374,35 +358,32 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs root in a scratch netns (see module doc)"]
     fn install_replace_remove_in_scratch_netns() {
-        if !in_scratch_netns() {
-            eprintln!("refusing to run in the initial network namespace");
-            return;
-        }
-        let t = "pandatest";
-        let p: Prefix = "fd00:1009:bacc::/48".parse().unwrap();
-        remove(t).unwrap(); // absent: Ok
-        assert!(!exists(t).unwrap());
-        install(t, &p).unwrap();
-        assert!(exists(t).unwrap());
-        let first = nft(&["list", "table", "inet", t]);
-        println!("{first}");
-        // Replacing gives the same table, not a second copy of every rule.
-        install(t, &p).unwrap();
-        assert_eq!(nft(&["list", "table", "inet", t]), first);
-        assert_eq!(first.matches(" drop comment ").count(), 7, "{first}");
-        assert!(first.contains("type filter hook input priority filter; policy accept;"));
-        assert!(first.contains(
-            "meta l4proto ipv6-icmp ip6 saddr != { ::, fe80::/10 } fib saddr type != { local, anycast } drop"
-        ));
-        // Another prefix replaces the old rules.
-        let q: Prefix = "fd12::/16".parse().unwrap();
-        install(t, &q).unwrap();
-        let second = nft(&["list", "table", "inet", t]);
-        assert!(second.contains("fd12::/16") && !second.contains("fd00:1009:bacc::/48"));
-        remove(t).unwrap();
-        assert!(!exists(t).unwrap());
-        remove(t).unwrap();
+        testns::run(|| {
+            let t = "pandatest";
+            let p: Prefix = "fd00:1009:bacc::/48".parse().unwrap();
+            remove(t).unwrap(); // absent: Ok
+            assert!(!exists(t).unwrap());
+            install(t, &p).unwrap();
+            assert!(exists(t).unwrap());
+            let first = nft(&["list", "table", "inet", t]);
+            println!("{first}");
+            // Replacing gives the same table, not a second copy of every rule.
+            install(t, &p).unwrap();
+            assert_eq!(nft(&["list", "table", "inet", t]), first);
+            assert_eq!(first.matches(" drop comment ").count(), 7, "{first}");
+            assert!(first.contains("type filter hook input priority filter; policy accept;"));
+            assert!(first.contains(
+                "meta l4proto ipv6-icmp ip6 saddr != { ::, fe80::/10 } fib saddr type != { local, anycast } drop"
+            ));
+            // Another prefix replaces the old rules.
+            let q: Prefix = "fd12::/16".parse().unwrap();
+            install(t, &q).unwrap();
+            let second = nft(&["list", "table", "inet", t]);
+            assert!(second.contains("fd12::/16") && !second.contains("fd00:1009:bacc::/48"));
+            remove(t).unwrap();
+            assert!(!exists(t).unwrap());
+            remove(t).unwrap();
+        });
     }
 }

@@ -23,3 +23,5 @@ pub mod netlink;
 pub mod probe;
 pub mod state;
 pub mod sysctl;
+#[cfg(test)]
+mod testns;

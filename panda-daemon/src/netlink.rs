@@ -235,36 +235,15 @@ impl Netlink {
 
 #[cfg(test)]
 mod tests {
-    //! Needs root and a scratch network namespace; never runs in the initial
-    //! one. Run with:
-    //!
-    //! ```text
-    //! ip netns add h1test && ip -n h1test link set lo up
-    //! nsenter --net=/var/run/netns/h1test target/debug/deps/panda-HASH \
-    //!     --ignored --nocapture netlink::
-    //! ip netns del h1test
-    //! ```
+    //! Each test runs in its own fresh network namespace ([`crate::testns`]),
+    //! so it needs root; nothing it does reaches the host's namespace.
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use crate::testns;
     use std::process::Command;
 
     const IFA_F_NODAD: u32 = 0x02;
     const IFA_F_PERMANENT: u32 = 0x80;
     const IFA_F_NOPREFIXROUTE: u32 = 0x200;
-
-    /// True only inside a namespace created with `ip netns add` (its nsfs
-    /// inode is bind-mounted under /var/run/netns), so the tests can never
-    /// touch the host's own namespace.
-    fn in_scratch_netns() -> bool {
-        let Ok(me) = std::fs::metadata("/proc/self/ns/net").map(|m| (m.dev(), m.ino())) else {
-            return false;
-        };
-        let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-            return false;
-        };
-        dir.flatten()
-            .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| (m.dev(), m.ino()) == me))
-    }
 
     fn ip(args: &[&str]) -> String {
         let out = Command::new("ip").args(args).output().expect("running ip");
@@ -272,131 +251,131 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    #[tokio::test]
-    #[ignore = "needs root in a scratch netns (see module doc)"]
-    async fn anchor_and_route_in_scratch_netns() {
-        if !in_scratch_netns() {
-            eprintln!("refusing to run in the initial network namespace");
-            return;
-        }
-        let prefix: Prefix = "fd00:1009:bacc::/48".parse().unwrap();
-        let anchor = prefix.anchor();
-        let nl = Netlink::connect().await.unwrap();
-        assert!(nl.lo_is_up().await.unwrap(), "set lo up first");
-        let lo = nl.lo_ifindex().await.unwrap();
+    #[test]
+    fn anchor_and_route_in_scratch_netns() {
+        testns::run_async(|| async {
+            let prefix: Prefix = "fd00:1009:bacc::/48".parse().unwrap();
+            let anchor = prefix.anchor();
+            let nl = Netlink::connect().await.unwrap();
+            assert!(nl.lo_is_up().await.unwrap(), "set lo up first");
+            let lo = nl.lo_ifindex().await.unwrap();
 
-        // A src that is not local yet is refused; show what the error says.
-        let e = nl.add_local_route(&prefix).await.unwrap_err();
-        println!("route before anchor: {e:#}");
+            // A src that is not local yet is refused; show what the error says.
+            let e = nl.add_local_route(&prefix).await.unwrap_err();
+            println!("route before anchor: {e:#}");
 
-        assert!(nl.add_anchor(anchor).await.unwrap());
-        assert!(!nl.add_anchor(anchor).await.unwrap());
-        let addrs = nl.addresses().await.unwrap();
-        println!("{addrs:#?}");
-        let a = addrs
-            .iter()
-            .find(|a| a.addr == anchor)
-            .expect("anchor in dump");
-        assert_eq!(a.ifindex, lo);
-        let want = IFA_F_NODAD | IFA_F_NOPREFIXROUTE | IFA_F_PERMANENT;
-        assert_eq!(a.flags & want, want, "flags {:#x}", a.flags);
-        assert!(addrs.iter().any(|a| a.addr == Ipv6Addr::LOCALHOST));
+            assert!(nl.add_anchor(anchor).await.unwrap());
+            assert!(!nl.add_anchor(anchor).await.unwrap());
+            let addrs = nl.addresses().await.unwrap();
+            println!("{addrs:#?}");
+            let a = addrs
+                .iter()
+                .find(|a| a.addr == anchor)
+                .expect("anchor in dump");
+            assert_eq!(a.ifindex, lo);
+            let want = IFA_F_NODAD | IFA_F_NOPREFIXROUTE | IFA_F_PERMANENT;
+            assert_eq!(a.flags & want, want, "flags {:#x}", a.flags);
+            assert!(addrs.iter().any(|a| a.addr == Ipv6Addr::LOCALHOST));
 
-        assert!(nl.add_local_route(&prefix).await.unwrap());
-        assert!(!nl.add_local_route(&prefix).await.unwrap());
+            assert!(nl.add_local_route(&prefix).await.unwrap());
+            assert!(!nl.add_local_route(&prefix).await.unwrap());
 
-        let addr_out = ip(&["-6", "addr", "show", "dev", "lo"]);
-        let route_out = ip(&["-6", "route", "show", "table", "local"]);
-        let main_out = ip(&["-6", "route", "show", "table", "main"]);
-        println!("--- ip -6 addr show dev lo\n{addr_out}");
-        println!("--- ip -6 route show table local\n{route_out}");
-        println!("--- ip -6 route show table main\n{main_out}");
-        assert!(addr_out.contains("inet6 fd00:1009:bacc::1/128 scope global nodad noprefixroute"));
-        assert!(route_out.contains(
-            "local fd00:1009:bacc::/48 dev lo proto static src fd00:1009:bacc::1 metric 1024"
-        ));
-        assert!(
-            !main_out.contains("fd00:1009:bacc"),
-            "noprefixroute: nothing in main"
-        );
-        // The kernel agrees the whole prefix is local.
-        let get = ip(&["-6", "route", "get", "fd00:1009:bacc:1234::42"]);
-        println!("--- ip -6 route get fd00:1009:bacc:1234::42\n{get}");
-        assert!(get.starts_with("local fd00:1009:bacc:1234::42 "), "{get}");
-        assert!(get.contains(" src fd00:1009:bacc::1 "), "{get}");
+            let addr_out = ip(&["-6", "addr", "show", "dev", "lo"]);
+            let route_out = ip(&["-6", "route", "show", "table", "local"]);
+            let main_out = ip(&["-6", "route", "show", "table", "main"]);
+            println!("--- ip -6 addr show dev lo\n{addr_out}");
+            println!("--- ip -6 route show table local\n{route_out}");
+            println!("--- ip -6 route show table main\n{main_out}");
+            assert!(
+                addr_out.contains("inet6 fd00:1009:bacc::1/128 scope global nodad noprefixroute")
+            );
+            assert!(route_out.contains(
+                "local fd00:1009:bacc::/48 dev lo proto static src fd00:1009:bacc::1 metric 1024"
+            ));
+            assert!(
+                !main_out.contains("fd00:1009:bacc"),
+                "noprefixroute: nothing in main"
+            );
+            // The kernel agrees the whole prefix is local.
+            let get = ip(&["-6", "route", "get", "fd00:1009:bacc:1234::42"]);
+            println!("--- ip -6 route get fd00:1009:bacc:1234::42\n{get}");
+            assert!(get.starts_with("local fd00:1009:bacc:1234::42 "), "{get}");
+            assert!(get.contains(" src fd00:1009:bacc::1 "), "{get}");
 
-        nl.del_local_route(&prefix).await.unwrap();
-        nl.del_local_route(&prefix).await.unwrap(); // absent: still Ok
-        nl.del_anchor(anchor).await.unwrap();
-        nl.del_anchor(anchor).await.unwrap(); // absent: still Ok
-        assert!(!ip(&["-6", "route", "show", "table", "local"]).contains("fd00:1009:bacc"));
-        assert!(!ip(&["-6", "addr", "show", "dev", "lo"]).contains("fd00:1009:bacc"));
-        assert!(!nl
-            .addresses()
-            .await
-            .unwrap()
-            .iter()
-            .any(|a| a.addr == anchor));
+            nl.del_local_route(&prefix).await.unwrap();
+            nl.del_local_route(&prefix).await.unwrap(); // absent: still Ok
+            nl.del_anchor(anchor).await.unwrap();
+            nl.del_anchor(anchor).await.unwrap(); // absent: still Ok
+            assert!(!ip(&["-6", "route", "show", "table", "local"]).contains("fd00:1009:bacc"));
+            assert!(!ip(&["-6", "addr", "show", "dev", "lo"]).contains("fd00:1009:bacc"));
+            assert!(!nl
+                .addresses()
+                .await
+                .unwrap()
+                .iter()
+                .any(|a| a.addr == anchor));
+        });
     }
 
-    #[tokio::test]
-    #[ignore = "needs root in a scratch netns (see module doc)"]
-    async fn del_route_leaves_foreign_protocol_alone() {
-        if !in_scratch_netns() {
-            eprintln!("refusing to run in the initial network namespace");
-            return;
-        }
-        let prefix: Prefix = "fd00:1009:bacd::/48".parse().unwrap();
-        let nl = Netlink::connect().await.unwrap();
-        assert!(nl.add_anchor(prefix.anchor()).await.unwrap());
-        // An administrator's route (proto boot, which ip does not print).
-        ip(&[
-            "-6",
-            "route",
-            "add",
-            "local",
-            "fd00:1009:bacd::/48",
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ]);
-        assert!(!nl.add_local_route(&prefix).await.unwrap());
-        nl.del_local_route(&prefix).await.unwrap();
-        let routes = ip(&["-6", "route", "show", "table", "local"]);
-        assert!(
-            routes.contains("local fd00:1009:bacd::/48 dev lo metric 1024"),
-            "{routes}"
-        );
-        ip(&[
-            "-6",
-            "route",
-            "del",
-            "local",
-            "fd00:1009:bacd::/48",
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ]);
-        nl.del_anchor(prefix.anchor()).await.unwrap();
+    #[test]
+    fn del_route_leaves_foreign_protocol_alone() {
+        testns::run_async(|| async {
+            let prefix: Prefix = "fd00:1009:bacd::/48".parse().unwrap();
+            let nl = Netlink::connect().await.unwrap();
+            assert!(nl.add_anchor(prefix.anchor()).await.unwrap());
+            // An administrator's route (proto boot, which ip does not print).
+            ip(&[
+                "-6",
+                "route",
+                "add",
+                "local",
+                "fd00:1009:bacd::/48",
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ]);
+            assert!(!nl.add_local_route(&prefix).await.unwrap());
+            nl.del_local_route(&prefix).await.unwrap();
+            let routes = ip(&["-6", "route", "show", "table", "local"]);
+            assert!(
+                routes.contains("local fd00:1009:bacd::/48 dev lo metric 1024"),
+                "{routes}"
+            );
+            ip(&[
+                "-6",
+                "route",
+                "del",
+                "local",
+                "fd00:1009:bacd::/48",
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ]);
+            nl.del_anchor(prefix.anchor()).await.unwrap();
+        });
     }
 
-    #[tokio::test]
-    #[ignore = "needs a scratch netns (see module doc); run with lo up and down"]
-    async fn lo_is_up_agrees_with_ip() {
-        if !in_scratch_netns() {
-            eprintln!("refusing to run in the initial network namespace");
-            return;
-        }
-        let nl = Netlink::connect().await.unwrap();
-        let link = ip(&["link", "show", "dev", "lo"]);
-        let flags = link.split(['<', '>']).nth(1).unwrap_or_default();
-        let up = flags.split(',').any(|f| f == "UP");
-        println!(
-            "lo flags <{flags}>, lo_is_up = {}",
-            nl.lo_is_up().await.unwrap()
-        );
-        assert_eq!(nl.lo_is_up().await.unwrap(), up, "{link}");
+    #[test]
+    fn lo_is_up_agrees_with_ip() {
+        testns::run_async(|| async {
+            let nl = Netlink::connect().await.unwrap();
+            // testns brings lo up; compare with lo up, then with lo down.
+            for want_up in [true, false] {
+                if !want_up {
+                    ip(&["link", "set", "lo", "down"]);
+                }
+                let link = ip(&["link", "show", "dev", "lo"]);
+                let flags = link.split(['<', '>']).nth(1).unwrap_or_default();
+                let up = flags.split(',').any(|f| f == "UP");
+                assert_eq!(up, want_up, "{link}");
+                println!(
+                    "lo flags <{flags}>, lo_is_up = {}",
+                    nl.lo_is_up().await.unwrap()
+                );
+                assert_eq!(nl.lo_is_up().await.unwrap(), up, "{link}");
+            }
+        });
     }
 }

@@ -87,30 +87,16 @@ mod tests {
         }
     }
 
-    /// True only inside a namespace created with `ip netns add`.
-    fn in_scratch_netns() -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(me) = std::fs::metadata("/proc/self/ns/net").map(|m| (m.dev(), m.ino())) else {
-            return false;
-        };
-        let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-            return false;
-        };
-        dir.flatten()
-            .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| (m.dev(), m.ino()) == me))
-    }
-
     #[test]
-    #[ignore = "needs root in a scratch netns: nsenter --net=/var/run/netns/NAME"]
     fn toggle_in_scratch_netns() {
-        if !in_scratch_netns() {
-            eprintln!("refusing to run in the initial network namespace");
-            return;
-        }
-        let before = read_nonlocal_bind().unwrap();
-        write_nonlocal_bind(1 - before.min(1)).unwrap();
-        assert_eq!(read_nonlocal_bind().unwrap(), 1 - before.min(1));
-        write_nonlocal_bind(before).unwrap();
-        assert_eq!(read_nonlocal_bind().unwrap(), before);
+        // /proc/sys/net shows the namespace of the thread that opens the
+        // file, i.e. testns's fresh one, never the host's.
+        crate::testns::run(|| {
+            let before = read_nonlocal_bind().unwrap();
+            write_nonlocal_bind(1 - before.min(1)).unwrap();
+            assert_eq!(read_nonlocal_bind().unwrap(), 1 - before.min(1));
+            write_nonlocal_bind(before).unwrap();
+            assert_eq!(read_nonlocal_bind().unwrap(), before);
+        });
     }
 }
