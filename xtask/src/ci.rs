@@ -8,7 +8,7 @@ use crate::{cmd, host, testing};
 /// Tests, then formatting (both workspaces), then clippy with warnings as
 /// errors; stops at the first failure.
 pub fn ci() -> Result<()> {
-    testing::test(&[])?;
+    let totals = testing::test(&[])?;
     cmd::run(host::cargo().args(["fmt", "--all", "--", "--check"]))?;
     // panda-ebpf is its own workspace, so `--all` above does not reach it.
     cmd::run(host::cargo().args([
@@ -27,5 +27,7 @@ pub fn ci() -> Result<()> {
         "warnings",
     ]))?;
     println!("ci: all checks passed");
+    // Last, so that it is the closing line of the log.
+    println!("{}", totals.summary());
     Ok(())
 }

@@ -99,7 +99,9 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             host::build_bins(release)?;
         }
         Task::Run { config, release } => return daemon::run(config, release),
-        Task::Test { args } => testing::test(&args)?,
+        Task::Test { args } => {
+            testing::test(&args)?;
+        }
         Task::Ci => ci::ci()?,
     }
     Ok(ExitCode::SUCCESS)
