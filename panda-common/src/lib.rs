@@ -84,6 +84,7 @@ pub struct Config {
     /// `bpf_get_netns_cookie` of the namespace panda serves. Programs attached
     /// at the cgroup2 root see every namespace; they act only on this one.
     pub netns_cookie: u64,
+    /// Kernel structure offsets (guard mode; zero in freebind mode).
     pub offsets: KernelOffsets,
 }
 
@@ -127,7 +128,9 @@ pub mod probe {
     pub const LSM_RAN: u32 = 1;
     /// Input: socket cookie (freebind probe) or pid_tgid (LSM probe) to act on.
     pub const TARGET: u32 = 2;
+    /// Size of the map.
     pub const SLOTS: u32 = 3;
+    /// Added to the helper's return value (see `FREEBIND_RESULT`).
     pub const RESULT_BIAS: i64 = 1000;
 }
 

@@ -30,46 +30,37 @@ pub struct Hookless {
     pub icmp_send: String,
 }
 
-/// What `panda status --json` prints.
+/// What `panda status --json` prints. Field names are a contract with
+/// scripts and tests: add fields, never rename them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The served prefix, e.g. "fd00:1009:bacc::/48".
     pub prefix: String,
+    /// The address added to `lo`, the local route's source.
     pub anchor: String,
+    /// "freebind" or "guard".
     pub mechanism: String,
+    /// Set-up is complete (a status answer implies it today).
     pub ready: bool,
     pub pid: u32,
     pub uptime_secs: u64,
+    /// Where bind6 is attached.
     pub cgroup: String,
+    /// The network namespace served (`SO_NETNS_COOKIE`).
     pub netns_cookie: u64,
+    /// The nftables table, e.g. "inet panda".
     pub table: String,
     pub hookless: Hookless,
+    /// [`panda_common::counter::NAMES`] → total over all CPUs.
     pub counters: std::collections::BTreeMap<String, u64>,
 }
 
-/// The fixed part of the status, filled in as set-up proceeds; counters are
-/// read from the BPF maps per request.
+/// Everything `status` answers with: the fixed part decided at start-up plus
+/// counters read from the BPF maps per request.
 pub struct StatusSource {
     pub base: Status,
     pub started: Instant,
     pub bpf: Arc<Mutex<Bpf>>,
-}
-
-impl StatusSource {
-    fn snapshot(&self) -> Result<Status> {
-        let mut s = self.base.clone();
-        s.uptime_secs = self.started.elapsed().as_secs();
-        let bpf = self
-            .bpf
-            .lock()
-            .map_err(|_| anyhow::anyhow!("BPF state poisoned"))?;
-        let values = bpf.counters()?;
-        s.counters = panda_common::counter::NAMES
-            .iter()
-            .zip(values)
-            .map(|(n, v)| (n.to_string(), v))
-            .collect();
-        Ok(s)
-    }
 }
 
 /// The listening socket; removed from the filesystem on drop.

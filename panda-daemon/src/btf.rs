@@ -81,6 +81,7 @@ impl Btf {
         Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))
     }
 
+    /// A BTF file on disk (tests; kernels whose BTF lives elsewhere).
     pub fn from_file(path: &Path) -> Result<Btf> {
         let data = std::fs::read(path).with_context(|| {
             format!(
@@ -91,6 +92,7 @@ impl Btf {
         Btf::parse(&data).with_context(|| format!("parsing BTF in {}", path.display()))
     }
 
+    /// Parses raw little-endian BTF (header, type and string sections).
     pub fn parse(data: &[u8]) -> Result<Btf> {
         let r = Reader { data };
         if r.u16(0)? != BTF_MAGIC {

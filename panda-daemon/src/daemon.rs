@@ -37,11 +37,14 @@ use crate::{
 /// The mechanism in force, after probing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
+    /// bind6 sets IPV6_FREEBIND on prefix binds; the sysctl stays 0.
     Freebind,
+    /// ip_nonlocal_bind=1 in the netns; BPF keeps binds elsewhere strict.
     Guard,
 }
 
 impl Mechanism {
+    /// The name `panda status` reports.
     pub fn as_str(&self) -> &'static str {
         match self {
             Mechanism::Freebind => "freebind",
@@ -55,7 +58,15 @@ struct Applied {
     state: StateFile,
     record: Record,
     table: bool,
-    sysctl_set: bool,
+}
+
+/// What start-up decided before changing anything.
+struct Plan {
+    mechanism: Mechanism,
+    /// The LSM guard for raw/ping binds is usable (guard mode only).
+    lsm: bool,
+    netns_cookie: u64,
+    cgroup: PathBuf,
 }
 
 /// Runs pandad until SIGTERM/SIGINT. Returns after a complete teardown.
@@ -65,14 +76,6 @@ pub async fn run(config: Config) -> Result<()> {
     let mut signals = Signals::install()?;
 
     // --- 1. Decide everything before changing anything. ---
-    let cgroup_root = cgroup::cgroup2_root()?;
-    let target_cgroup: PathBuf = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
-    cgroup::validate(&cgroup_root, &target_cgroup)?;
-    let at_root = target_cgroup.canonicalize()? == cgroup_root.canonicalize()?;
-    if config.mechanism == MechanismChoice::Guard && !at_root {
-        bail!(guard_needs_root(&target_cgroup, &cgroup_root));
-    }
-
     let state = StateFile::new(&config.state_dir);
     let previous = state.take_over()?;
     if let Some(p) = &previous {
@@ -91,16 +94,60 @@ pub async fn run(config: Config) -> Result<()> {
     }
     // Bound before any change: a socket in use is a refusal that leaves no trace.
     let server = api::Server::bind(&config.socket).await?;
-
-    let netns_cookie = probe::netns_cookie()?;
     let mut bpf = Bpf::load()?;
+    let plan = decide(&config, &mut bpf)?;
+    let nl = Netlink::connect().await?;
+    if !nl.lo_is_up().await? {
+        bail!("`lo` is down in this network namespace; bring it up first: ip link set lo up");
+    }
+
+    // --- 2..4. Change the kernel, recording each change first. ---
+    let mut applied = Applied {
+        record: previous.unwrap_or_default(),
+        state,
+        table: false,
+    };
+    applied.record.pid = std::process::id();
+    let bpf = Arc::new(Mutex::new(bpf));
+    let outcome = match setup(&config, &nl, &bpf, &plan, &mut applied).await {
+        Ok(()) => {
+            serve(
+                &config,
+                server,
+                status_base(&config, &plan),
+                bpf.clone(),
+                &mut signals,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let undo = teardown(&config, &nl, bpf, &mut applied).await;
+    match (outcome, undo) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e.context("tearing down")),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+/// Picks the mechanism and checks what it needs; writes the programs'
+/// configuration. Changes nothing in the namespace.
+fn decide(config: &Config, bpf: &mut Bpf) -> Result<Plan> {
+    let cgroup_root = cgroup::cgroup2_root()?;
+    let target = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
+    cgroup::validate(&cgroup_root, &target)?;
+    let at_root = target.canonicalize()? == cgroup_root.canonicalize()?;
+    if config.mechanism == MechanismChoice::Guard && !at_root {
+        bail!(guard_needs_root(&target, &cgroup_root));
+    }
+    let netns_cookie = probe::netns_cookie()?;
     let root_fd = File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup2 root {}", cgroup_root.display()))?;
 
     let mechanism = match config.mechanism {
         MechanismChoice::Guard => Mechanism::Guard,
         MechanismChoice::Auto | MechanismChoice::Freebind => {
-            match probe::freebind(&mut bpf, &root_fd)? {
+            match probe::freebind(bpf, &root_fd)? {
                 probe::Freebind::Works => Mechanism::Freebind,
                 probe::Freebind::Refused(errno)
                     if config.mechanism == MechanismChoice::Freebind =>
@@ -108,13 +155,14 @@ pub async fn run(config: Config) -> Result<()> {
                     bail!(
                         "config key `mechanism`: \"freebind\" needs a kernel whose bpf_setsockopt \
                          accepts IPV6_FREEBIND from a cgroup/bind6 program; this kernel refused it \
-                         (error {errno}). Use mechanism = \"auto\" or \"guard\" (see contrib/ for the kernel change)."
+                         (error {errno}). Use mechanism = \"auto\" or \"guard\" (contrib/kernel \
+                         has the kernel change)."
                     );
                 }
                 probe::Freebind::Refused(errno) => {
                     info!("bpf_setsockopt(IPV6_FREEBIND) refused here ({errno}); using guard mode");
                     if !at_root {
-                        bail!(guard_needs_root(&target_cgroup, &cgroup_root));
+                        bail!(guard_needs_root(&target, &cgroup_root));
                     }
                     Mechanism::Guard
                 }
@@ -128,33 +176,7 @@ pub async fn run(config: Config) -> Result<()> {
             .context("guard mode: resolving the kernel structure offsets its BPF programs read")?,
         Mechanism::Freebind => Default::default(),
     };
-    let lsm = match mechanism {
-        Mechanism::Freebind => false,
-        Mechanism::Guard => match probe::lsm(&mut bpf)? {
-            probe::Lsm::Active => true,
-            probe::Lsm::NotEnabled => {
-                warn!(
-                    "the bpf LSM is not enabled (`bpf` missing from the lsm= boot parameter): \
-                     raw and ping sockets can bind unconfigured addresses outside the prefix; \
-                     they still cannot send ICMPv6 from them (nftables backstop)"
-                );
-                false
-            }
-            probe::Lsm::Refused(why) => {
-                warn!(
-                    "this kernel refuses BPF LSM programs ({why}): raw and ping sockets can bind \
-                     unconfigured addresses outside the prefix; they still cannot send ICMPv6 \
-                     from them (nftables backstop)"
-                );
-                false
-            }
-        },
-    };
-    let nl = Netlink::connect().await?;
-    if !nl.lo_is_up().await? {
-        bail!("`lo` is down in this network namespace; bring it up first: ip link set lo up");
-    }
-
+    let lsm = mechanism == Mechanism::Guard && lsm_usable(probe::lsm(bpf)?);
     bpf.write_config(&panda_common::Config {
         prefix: config.prefix.network().octets(),
         prefix_len: config.prefix.len() as u32,
@@ -165,39 +187,28 @@ pub async fn run(config: Config) -> Result<()> {
         netns_cookie,
         offsets,
     })?;
-
-    // --- 2..5. Change the kernel, recording each change first. ---
-    let mut applied = Applied {
-        record: previous.unwrap_or_default(),
-        state,
-        table: false,
-        sysctl_set: false,
-    };
-    applied.record.pid = std::process::id();
-    let bpf = Arc::new(Mutex::new(bpf));
-    let result = setup(
-        &config,
-        &nl,
-        &bpf,
-        &target_cgroup,
+    Ok(Plan {
         mechanism,
         lsm,
-        &mut applied,
-    )
-    .await;
-    let outcome = match result {
-        Ok(()) => {
-            let base = status_base(&config, mechanism, lsm, netns_cookie, &target_cgroup);
-            serve(&config, server, base, bpf.clone(), &mut signals).await
+        netns_cookie,
+        cgroup: target,
+    })
+}
+
+/// Logs why raw/ping binds stay open when the LSM guard cannot be used.
+fn lsm_usable(lsm: probe::Lsm) -> bool {
+    let why = match lsm {
+        probe::Lsm::Active => return true,
+        probe::Lsm::NotEnabled => {
+            "the bpf LSM is not enabled (`bpf` missing from the lsm= boot parameter)".to_string()
         }
-        Err(e) => Err(e),
+        probe::Lsm::Refused(e) => format!("this kernel refuses BPF LSM programs ({e})"),
     };
-    let undo = teardown(&config, &nl, bpf, &mut applied).await;
-    match (outcome, undo) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Err(e)) => Err(e.context("tearing down")),
-        (Ok(()), Ok(())) => Ok(()),
-    }
+    warn!(
+        "{why}: raw and ping sockets can bind unconfigured addresses outside the prefix; \
+         they still cannot send ICMPv6 from them (nftables backstop)"
+    );
+    false
 }
 
 fn guard_needs_root(target: &std::path::Path, root: &std::path::Path) -> String {
@@ -215,14 +226,22 @@ async fn setup(
     config: &Config,
     nl: &Netlink,
     bpf: &Arc<Mutex<Bpf>>,
-    cgroup: &std::path::Path,
-    mechanism: Mechanism,
-    lsm: bool,
+    plan: &Plan,
     applied: &mut Applied,
 ) -> Result<()> {
+    let mechanism = plan.mechanism;
     let anchor = config.prefix.anchor();
-    if mechanism == Mechanism::Guard && applied.record.nonlocal_bind_before.is_none() {
-        applied.record.nonlocal_bind_before = Some(sysctl::read_nonlocal_bind()?);
+    match (mechanism, applied.record.nonlocal_bind_before) {
+        (Mechanism::Guard, None) => {
+            applied.record.nonlocal_bind_before = Some(sysctl::read_nonlocal_bind()?);
+        }
+        // A crashed guard-mode instance left the sysctl at 1; freebind mode
+        // needs the kernel's own strictness back now, not at stop.
+        (Mechanism::Freebind, Some(v)) => {
+            sysctl::write_nonlocal_bind(v)?;
+            applied.record.nonlocal_bind_before = None;
+        }
+        _ => {}
     }
     // Claim both before adding them (a crash in between must not leak them);
     // after adding, keep a claim only for what we added or what a crashed
@@ -247,13 +266,13 @@ async fn setup(
     firewall::install(&config.table, &config.prefix)
         .with_context(|| format!("installing nftables table inet {}", config.table))?;
 
-    let cgroup_fd =
-        File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let cgroup_fd = File::open(&plan.cgroup)
+        .with_context(|| format!("opening cgroup {}", plan.cgroup.display()))?;
     {
         let mut bpf = bpf.lock().unwrap_or_else(|p| p.into_inner());
         if mechanism == Mechanism::Guard {
             bpf.attach_sock_addr("sendmsg6", &cgroup_fd)?;
-            if lsm {
+            if plan.lsm {
                 bpf.attach_lsm("socket_bind")?;
             }
         }
@@ -262,7 +281,6 @@ async fn setup(
     if mechanism == Mechanism::Guard {
         // Guard mode is always attached at the root, which covers pandad.
         probe::guard_self_check()?;
-        applied.sysctl_set = true;
         sysctl::write_nonlocal_bind(1)?;
     }
     Ok(())
@@ -283,13 +301,8 @@ impl Signals {
     }
 }
 
-fn status_base(
-    config: &Config,
-    mechanism: Mechanism,
-    lsm: bool,
-    netns_cookie: u64,
-    cgroup: &std::path::Path,
-) -> Status {
+fn status_base(config: &Config, plan: &Plan) -> Status {
+    let (mechanism, lsm) = (plan.mechanism, plan.lsm);
     Status {
         prefix: config.prefix.to_string(),
         anchor: config.prefix.anchor().to_string(),
@@ -297,8 +310,8 @@ fn status_base(
         ready: true,
         pid: std::process::id(),
         uptime_secs: 0,
-        cgroup: cgroup.display().to_string(),
-        netns_cookie,
+        cgroup: plan.cgroup.display().to_string(),
+        netns_cookie: plan.netns_cookie,
         table: format!("inet {}", config.table),
         hookless: Hookless {
             raw_ping_bind: match (mechanism, lsm) {
@@ -352,11 +365,9 @@ async fn teardown(
     applied: &mut Applied,
 ) -> Result<()> {
     let mut errors = Vec::new();
-    if applied.sysctl_set || applied.record.nonlocal_bind_before.is_some() {
-        if let Some(v) = applied.record.nonlocal_bind_before {
-            if let Err(e) = sysctl::write_nonlocal_bind(v) {
-                errors.push(e.context("restoring net.ipv6.ip_nonlocal_bind"));
-            }
+    if let Some(v) = applied.record.nonlocal_bind_before {
+        if let Err(e) = sysctl::write_nonlocal_bind(v) {
+            errors.push(e.context("restoring net.ipv6.ip_nonlocal_bind"));
         }
     }
     // Dropping the last reference closes every link and map.

@@ -33,6 +33,7 @@ pub struct StateFile {
 }
 
 impl StateFile {
+    /// The record kept in `state_dir` (one instance per directory).
     pub fn new(state_dir: &Path) -> StateFile {
         StateFile {
             path: state_dir.join("state.json"),
