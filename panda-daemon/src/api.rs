@@ -63,6 +63,24 @@ pub struct StatusSource {
     pub bpf: Arc<Mutex<Bpf>>,
 }
 
+impl StatusSource {
+    fn snapshot(&self) -> Result<Status> {
+        let mut s = self.base.clone();
+        s.uptime_secs = self.started.elapsed().as_secs();
+        let bpf = self
+            .bpf
+            .lock()
+            .map_err(|_| anyhow::anyhow!("BPF state poisoned"))?;
+        let values = bpf.counters()?;
+        s.counters = panda_common::counter::NAMES
+            .iter()
+            .zip(values)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        Ok(s)
+    }
+}
+
 /// The listening socket; removed from the filesystem on drop.
 pub struct Server {
     listener: UnixListener,
