@@ -217,20 +217,17 @@ fn kernel_has_addr(net: u64, addr: &[u8; 16], dev: u32, strict: bool, cfg: &Conf
     let hash_32 = |v: u32| v.wrapping_mul(GOLDEN_RATIO_32) >> (32 - IN6_ADDR_HSIZE_SHIFT);
     let jhash_bucket = hash_32(jhash2_4(words, mix));
     let xor_bucket = hash_32(words[0] ^ words[1] ^ words[2] ^ words[3] ^ mix);
-    match walk_chain(table, jhash_bucket, addr, dev, strict, cfg) {
+    let mut chain = walk_chain(table, jhash_bucket, addr, dev, strict, cfg);
+    if let Chain::Absent = chain {
+        chain = walk_chain(table, xor_bucket, addr, dev, strict, cfg);
+    }
+    match chain {
         Chain::Found => true,
+        Chain::Absent => false,
         Chain::TooLong => {
             count(counter::ADDR_CHAIN_OVERFLOW);
             true // never stricter than the kernel
         }
-        Chain::Absent => match walk_chain(table, xor_bucket, addr, dev, strict, cfg) {
-            Chain::Found => true,
-            Chain::TooLong => {
-                count(counter::ADDR_CHAIN_OVERFLOW);
-                true
-            }
-            Chain::Absent => false,
-        },
     }
 }
 
