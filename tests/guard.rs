@@ -21,11 +21,7 @@ fn x1() -> Ipv6Addr {
 
 /// pandad's mechanism from `status`, cross-checked with the sysctl it implies.
 fn mechanism_of(p: &Pandad, ns: &Netns) -> String {
-    let st = p.status();
-    let m = st["mechanism"]
-        .as_str()
-        .unwrap_or_else(|| panic!("status has no mechanism: {st}"))
-        .to_string();
+    let m = mechanism(&p.status());
     let sysctl = ns.sysctl("net.ipv6.ip_nonlocal_bind");
     match m.as_str() {
         "guard" => assert_eq!(sysctl, "1", "guard mode sets ip_nonlocal_bind=1"),
@@ -168,7 +164,8 @@ fn sendmsg_pktinfo_source_outside_prefix_refused() {
         return;
     }
     let ns = Netns::new("guard-pktinfo");
-    let _pandad = Pandad::start(&ns);
+    let pandad = Pandad::start(&ns);
+    let mech = mechanism_of(&pandad, &ns);
     ns.in_netns(|| {
         let rx = UdpSocket::bind("[::1]:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -190,7 +187,24 @@ fn sendmsg_pktinfo_source_outside_prefix_refused() {
         sendmsg_pktinfo(&tx, dst, Ipv6Addr::LOCALHOST, b"from-lo")
             .unwrap_or_else(|e| panic!("pktinfo source ::1: {}", errname(e)));
         let prefix_src = a6("fd00:1009:bacc::42");
-        sendmsg_pktinfo(&tx, dst, prefix_src, b"from-prefix")
+        // Guard mode: any socket may (ip_nonlocal_bind=1, sendmsg6 allows
+        // the prefix). Freebind mode: only a socket that bound a prefix
+        // address, which gave it IPV6_FREEBIND; an unbound socket gets the
+        // kernel's own EINVAL (sends do not pass the bind hook).
+        let prefix_tx = if mech == "freebind" {
+            assert_eq!(
+                sendmsg_pktinfo(&tx, dst, prefix_src, b"unbound"),
+                Err(libc::EINVAL),
+                "freebind mode: an unbound socket's pktinfo source {prefix_src}"
+            );
+            let bound = udp6();
+            bind6(&bound, a6("fd00:1009:bacc::43"), 0)
+                .unwrap_or_else(|e| panic!("bind fd00:1009:bacc::43: {}", errname(e)));
+            bound
+        } else {
+            udp6()
+        };
+        sendmsg_pktinfo(&prefix_tx, dst, prefix_src, b"from-prefix")
             .unwrap_or_else(|e| panic!("pktinfo source {prefix_src}: {}", errname(e)));
         // Kernel parity: a socket that set IPV6_FREEBIND may use any source.
         let fb = udp6();
@@ -204,11 +218,25 @@ fn sendmsg_pktinfo_source_outside_prefix_refused() {
 
         // Datagrams arrive in order: the refused one would be first.
         let mut buf = [0u8; 64];
-        for (want, from) in [
+        let mut want_all = vec![
             (&b"from-lo"[..], Ipv6Addr::LOCALHOST),
             (&b"from-prefix"[..], prefix_src),
             (&b"from-freebind"[..], spoof),
-        ] {
+        ];
+        if mech == "freebind" {
+            // The IPV6_FREEBIND a prefix bind sets stays on the socket, and
+            // the kernel lets such a socket use any source (as if the
+            // application had set it). Shown, not required.
+            let r = sendmsg_pktinfo(&prefix_tx, dst, spoof, b"prefix-bound-spoof");
+            eprintln!(
+                "freebind mode: a socket bound in the prefix, pktinfo source {spoof}: {:?}",
+                r.map_err(errname)
+            );
+            if r.is_ok() {
+                want_all.push((&b"prefix-bound-spoof"[..], spoof));
+            }
+        }
+        for (want, from) in want_all {
             let (n, peer) = rx.recv_from(&mut buf).unwrap_or_else(|e| {
                 panic!(
                     "receiver: expected {:?}: {e}",
@@ -363,6 +391,27 @@ fn check_hookless_binds() {
     }
 }
 
+/// Freebind mode: raw and ping sockets never pass the bind hook that sets
+/// IPV6_FREEBIND, so they get the kernel's own check with ip_nonlocal_bind
+/// at 0: no unconfigured address binds, not even one of the prefix.
+fn check_hookless_binds_kernel() {
+    for (kind, mk) in [
+        ("raw ICMPv6", raw_icmp6 as fn() -> OwnedFd),
+        ("ping", ping6),
+    ] {
+        for addr in ["2001:db8::5", "fd00:1009:bacc::5"] {
+            assert_eq!(
+                bind6(&mk(), a6(addr), 0).map_err(errname),
+                Err(errname(libc::EADDRNOTAVAIL)),
+                "freebind mode: {kind} socket bind {addr}"
+            );
+        }
+        // Control: a configured address binds.
+        bind6(&mk(), Ipv6Addr::LOCALHOST, 0)
+            .unwrap_or_else(|e| panic!("{kind} socket bind ::1: {}", errname(e)));
+    }
+}
+
 #[test]
 fn hookless_raw_and_ping_sockets() {
     if !require_privileged() {
@@ -371,6 +420,7 @@ fn hookless_raw_and_ping_sockets() {
     let ns = Netns::new("guard-hookless");
     ns.set_sysctl("net.ipv4.ping_group_range", "0 2147483647");
     let pandad = Pandad::start(&ns);
+    let mech = mechanism_of(&pandad, &ns);
     let st = pandad.status();
     let raw_ping_bind = st["hookless"]["raw_ping_bind"]
         .as_str()
@@ -381,24 +431,35 @@ fn hookless_raw_and_ping_sockets() {
         Some("closed"),
         "status hookless.icmp_send: {st}"
     );
-    assert!(
-        raw_ping_bind == "closed" || raw_ping_bind == "open",
-        "hookless.raw_ping_bind = {raw_ping_bind:?}"
-    );
+    if mech == "freebind" {
+        // Nothing in freebind mode touches these sockets: the kernel's own
+        // check applies to them, with ip_nonlocal_bind at 0.
+        assert_eq!(
+            raw_ping_bind, "kernel",
+            "freebind mode: hookless.raw_ping_bind"
+        );
+    } else {
+        assert!(
+            raw_ping_bind == "closed" || raw_ping_bind == "open",
+            "hookless.raw_ping_bind = {raw_ping_bind:?}"
+        );
+    }
     let lsm_listed = std::fs::read_to_string("/sys/kernel/security/lsm")
         .map(|s| s.split(',').any(|l| l.trim() == "bpf"))
         .ok();
     eprintln!(
         "hookless.raw_ping_bind = {raw_ping_bind}; bpf in /sys/kernel/security/lsm: {lsm_listed:?}"
     );
-    if lsm_listed == Some(false) {
+    if mech == "guard" && lsm_listed == Some(false) {
         assert_eq!(
             raw_ping_bind, "open",
             "the bpf LSM is not active, yet status claims raw/ping binds are closed"
         );
     }
 
-    if raw_ping_bind == "closed" {
+    if raw_ping_bind == "kernel" {
+        ns.in_netns(check_hookless_binds_kernel);
+    } else if raw_ping_bind == "closed" {
         ns.in_netns(check_hookless_binds);
     } else {
         eprintln!(
@@ -492,8 +553,23 @@ fn hookless_raw_and_ping_sockets() {
         };
         probe(Ipv6Addr::LOCALHOST, true);
         probe(a6("2001:db8::5"), false);
-        probe(a6("fd00:1009:bacc::9"), true);
+        // Freebind mode: a raw socket never bound in the prefix has no
+        // IPV6_FREEBIND, so the kernel refuses the unconfigured source.
+        probe(a6("fd00:1009:bacc::9"), mech == "guard");
         probe(Ipv6Addr::LOCALHOST, true);
+        if mech == "freebind" {
+            let r = sendmsg_pktinfo(
+                &sender,
+                dst,
+                a6("fd00:1009:bacc::9"),
+                &echo_request(id, 999, b"panda-einval"),
+            );
+            assert_eq!(
+                r,
+                Err(libc::EINVAL),
+                "freebind mode: raw send from fd00:1009:bacc::9 (the kernel's answer is EINVAL)"
+            );
+        }
     });
 
     // A ping socket ignores IPV6_PKTINFO; its source comes from bind, which

@@ -17,10 +17,7 @@ fn auto_mechanism() -> &'static str {
     AUTO.get_or_init(|| {
         let ns = Netns::new("lc-probe");
         let p = Pandad::start(&ns);
-        let m = p.status()["mechanism"]
-            .as_str()
-            .expect("status.mechanism")
-            .to_string();
+        let m = mechanism(&p.status());
         let (st, err) = p.stop();
         assert!(st.success(), "probe pandad exit {st}; stderr:\n{err}");
         eprintln!("mechanism auto resolves to {m:?} on this kernel");
@@ -84,10 +81,7 @@ fn teardown_with(sig: libc::c_int, tag: &str) {
 
     let pandad = Pandad::start(&ns);
     let during = ns.snapshot();
-    let mech = pandad.status()["mechanism"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let mech = mechanism(&pandad.status());
 
     assert!(
         during.addrs.contains("inet6 fd00:1009:bacc::1/128"),
@@ -307,17 +301,29 @@ fn guard_refuses_a_narrower_cgroup() {
         assert!(st.success(), "{st}: {err}");
     }
 
-    // Control: guard with the root cgroup, named explicitly, starts.
-    let p = Pandad::start_with(
+    // Control: guard with the root cgroup, named explicitly, starts
+    // (where guard mode can run at all: it needs the kernel's BTF).
+    let launch = Pandad::launch(
         &ns,
         &format!(
             "mechanism = \"guard\"\ncgroup = \"{}\"\n",
             cgroup2_root().display()
         ),
     );
-    assert_eq!(p.status()["mechanism"], "guard");
-    let (st, err) = p.stop();
-    assert!(st.success(), "{st}: {err}");
+    if kernel_has_btf() {
+        let p = launch.ready();
+        assert_eq!(p.status()["mechanism"], "guard");
+        let (st, err) = p.stop();
+        assert!(st.success(), "{st}: {err}");
+    } else {
+        let (st, err) = launch.exited();
+        assert_failed_cleanly(&st, &err, "guard + root cgroup, kernel without BTF");
+        assert!(
+            err.contains("BTF"),
+            "guard mode without kernel BTF: the error should say BTF is missing:\n{err}"
+        );
+        eprintln!("guard without BTF -> {}", err.trim());
+    }
     assert_same(&before, &ns.snapshot(), "after guard + root cgroup");
 }
 
@@ -372,7 +378,7 @@ fn status_reports_state_and_counters() {
     let st = p.status();
     assert_eq!(st["ready"], true, "status.ready: {st}");
     assert_eq!(st["prefix"], PREFIX, "status.prefix: {st}");
-    let mech = st["mechanism"].as_str().unwrap_or("").to_string();
+    let mech = mechanism(&st);
     match mech.as_str() {
         "guard" => assert_eq!(ns.sysctl("net.ipv6.ip_nonlocal_bind"), "1"),
         "freebind" => assert_eq!(ns.sysctl("net.ipv6.ip_nonlocal_bind"), "0"),
@@ -395,10 +401,13 @@ fn status_reports_state_and_counters() {
         .as_str()
         .unwrap_or("")
         .to_string();
-    assert!(
-        raw_ping == "closed" || raw_ping == "open",
-        "status.hookless.raw_ping_bind: {st}"
-    );
+    match mech.as_str() {
+        "freebind" => assert_eq!(raw_ping, "kernel", "status.hookless.raw_ping_bind: {st}"),
+        _ => assert!(
+            raw_ping == "closed" || raw_ping == "open",
+            "status.hookless.raw_ping_bind: {st}"
+        ),
+    }
     assert_eq!(
         st["hookless"]["icmp_send"], "closed",
         "status.hookless.icmp_send: {st}"
@@ -439,7 +448,12 @@ fn status_reports_state_and_counters() {
             grew(&c3, &c4, "lsm_bind_denied");
         }
     } else {
+        grew(&c0, &c1, "bind_prefix");
         grew(&c0, &c1, "freebind_set");
+        assert_eq!(
+            c1["freebind_failed"], c0["freebind_failed"],
+            "freebind mode: bpf_setsockopt(IPV6_FREEBIND) failed for a prefix bind"
+        );
     }
 
     // The human-readable form works and names the prefix.
@@ -453,6 +467,11 @@ fn status_reports_state_and_counters() {
     assert!(
         text.contains(PREFIX),
         "panda status does not show the prefix:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mechanism") && l.split_whitespace().last() == Some(&mech)),
+        "panda status does not show mechanism {mech}:\n{text}"
     );
 
     assert!(
@@ -553,12 +572,12 @@ fn second_instance_refused_and_crash_taken_over() {
     );
 
     // Crash the first: its changes stay behind (links die with it).
-    let mechanism = first.status()["mechanism"].as_str().unwrap().to_owned();
+    let mech = mechanism(&first.status());
     let (st, _) = first.stop_with(libc::SIGKILL);
     assert_eq!(st.signal(), Some(libc::SIGKILL));
     let crashed = ns.snapshot();
     assert_ne!(before, crashed, "SIGKILL must leave the changes behind");
-    if mechanism == "guard" {
+    if mech == "guard" {
         assert_eq!(ns.sysctl("net.ipv6.ip_nonlocal_bind"), "1");
     }
 

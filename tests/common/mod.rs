@@ -66,13 +66,16 @@ fn unique(tag: &str) -> String {
 // Privileges
 // ---------------------------------------------------------------------------
 
-/// True when the test may run (root and a BTF-enabled kernel). Otherwise it
-/// prints "skipped: needs root + BPF" and returns false, unless
+/// True when the test may run: root, and a kernel pandad can serve: one
+/// with BTF (guard mode reads kernel structures at offsets from BTF), or,
+/// when this run expects the freebind mechanism (which reads none), any.
+/// Otherwise it prints "skipped: needs root + BPF" and returns false, unless
 /// `PANDA_REQUIRE_PRIVILEGED=1` is set (CI), in which case it panics.
 pub fn require_privileged() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let btf = kernel_has_btf() || expected_mechanism().as_deref() == Some("freebind");
     if root && btf {
+        raise_fd_limit();
         return true;
     }
     let why = match (root, btf) {
@@ -85,6 +88,57 @@ pub fn require_privileged() -> bool {
     }
     eprintln!("skipped: needs root + BPF ({why})");
     false
+}
+
+/// Whether the kernel has BTF (`/sys/kernel/btf/vmlinux`): guard mode needs
+/// it, freebind mode does not.
+pub fn kernel_has_btf() -> bool {
+    Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+/// The mechanism this run expects `mechanism = "auto"` to pick, from
+/// `PANDA_EXPECT_MECHANISM` (`cargo xtask vm-test --patched` sets
+/// `freebind`); `None`: whatever the kernel supports.
+pub fn expected_mechanism() -> Option<String> {
+    std::env::var("PANDA_EXPECT_MECHANISM")
+        .ok()
+        .filter(|m| !m.is_empty())
+}
+
+/// `status.mechanism`, which must be the one [`expected_mechanism`] names,
+/// if any: a kernel that should run freebind mode must not silently end up
+/// in guard mode.
+pub fn mechanism(status: &Value) -> String {
+    let m = status["mechanism"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status has no mechanism: {status}"))
+        .to_string();
+    if let Some(want) = expected_mechanism() {
+        assert_eq!(
+            m, want,
+            "PANDA_EXPECT_MECHANISM={want}, but pandad runs {m:?}: {status}"
+        );
+    }
+    m
+}
+
+/// Raises this process's soft RLIMIT_NOFILE towards its hard limit (at most
+/// 65,536), once. The 1,000-address tests hold about 5,000 sockets at once
+/// when run in parallel: more than the soft limit of 1,024 that systemd (and
+/// the `cargo xtask vm-test` guest) gives a session by default.
+pub fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut r: libc::rlimit = unsafe { mem::zeroed() };
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+            return;
+        }
+        let want = r.rlim_max.min(65_536);
+        if r.rlim_cur < want {
+            r.rlim_cur = want;
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------

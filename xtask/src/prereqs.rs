@@ -24,6 +24,22 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs"),
     ("util-linux", "nsenter/unshare for the tests"),
     ("socat", "real-socket checks in the tests"),
+    ("fonts-dejavu-core", "the font of the benchmark plots"),
+    ("qemu-system-x86", "vm-test: booting other kernels"),
+    ("busybox-static", "vm-test: the guest's shell and tools"),
+    (
+        "xz-utils",
+        "vm-test: unpacking Debian's .ko.xz kernel modules",
+    ),
+    (
+        "linux-source-6.12",
+        "vm-test --patched: the kernel it patches and builds",
+    ),
+    ("build-essential", "vm-test --patched: gcc, make, patch"),
+    ("bc", "vm-test --patched: the kernel build uses it"),
+    ("flex", "vm-test --patched: kconfig"),
+    ("bison", "vm-test --patched: kconfig"),
+    ("libelf-dev", "vm-test --patched: objtool"),
 ];
 
 /// Where Debian's llvm-22-dev lives; bpf-linker's build finds LLVM through it.

@@ -23,7 +23,7 @@ pub struct Totals {
 impl Totals {
     /// Adds one libtest summary line ("test result: ok. 7 passed; 0 failed;
     /// 1 ignored; ..."); other lines are ignored.
-    fn add_line(&mut self, line: &str) {
+    pub fn add_line(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
         };
