@@ -3,12 +3,20 @@
 
 use anyhow::Result;
 
-use crate::{cmd, host, testing};
+use crate::{bench, cmd, host, testing, vm};
 
-/// Tests, then formatting (both workspaces), then clippy with warnings as
+/// Tests on the host kernel, then the kernel matrix under QEMU (Debian 6.1
+/// and 6.12, and the patched 6.12 that runs the freebind mechanism), then the
+/// quick benchmark (its figures are not asserted; a crash or a missing case
+/// fails it), then formatting (both workspaces) and clippy with warnings as
 /// errors; stops at the first failure.
 pub fn ci() -> Result<()> {
     let totals = testing::test(&[])?;
+    vm::patched::vm_test_with_patched(
+        &["6.1".to_string(), "6.12".to_string()],
+        &vm::Options::default(),
+    )?;
+    bench::bench(true)?;
     cmd::run(host::cargo().args(["fmt", "--all", "--", "--check"]))?;
     // panda-ebpf is its own workspace, so `--all` above does not reach it.
     cmd::run(host::cargo().args([
