@@ -2,7 +2,7 @@
 # /init of the `cargo xtask vm-test` guest (run by busybox sh as pid 1).
 #
 # Sets up what the integration tests expect of a host (proc, sysfs, devtmpfs,
-# cgroup2, tmpfs /run and /tmp, `lo` up, the modules the suite needs), runs
+# cgroup2, tmpfs /run, a writable /tmp, `lo` up, the modules the suite needs), runs
 # every test binary listed in /panda-vm/tests, and powers off. Its output is
 # the serial console, which xtask reads: lines starting with "@@panda-vm " are
 # for xtask (see xtask/src/vm/verdict.rs), the rest is shown as is.
@@ -44,7 +44,9 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run || error "mount /run"
-mount -t tmpfs -o mode=1777 tmpfs /tmp || error "mount /tmp"
+# /tmp stays on the (writable) initramfs root: the test binaries may live
+# below it, at the paths they were built at (a checkout under /tmp).
+mkdir -p /tmp && chmod 1777 /tmp || error "mkdir /tmp"
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || error "mount cgroup2 on /sys/fs/cgroup"
 # As systemd does; tests may look at the active LSMs there.
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
