@@ -80,11 +80,7 @@ pub fn bind6(fd: RawFd, addr: Ipv6Addr, port: u16) -> Result<(), i32> {
             mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+    zero_or_errno(rc)
 }
 
 fn bind4(fd: RawFd, addr: Ipv4Addr, port: u16) -> Result<(), i32> {
@@ -97,16 +93,17 @@ fn bind4(fd: RawFd, addr: Ipv4Addr, port: u16) -> Result<(), i32> {
             mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+    zero_or_errno(rc)
 }
 
 pub fn listen(fd: RawFd, backlog: i32) -> Result<(), i32> {
     // SAFETY: listen on a descriptor we hold.
-    if unsafe { libc::listen(fd, backlog) } == 0 {
+    zero_or_errno(unsafe { libc::listen(fd, backlog) })
+}
+
+/// A libc call's 0-or-−1 result as a Result carrying errno.
+fn zero_or_errno(rc: libc::c_int) -> Result<(), i32> {
+    if rc == 0 {
         Ok(())
     } else {
         Err(errno())
@@ -123,11 +120,7 @@ pub fn connect6(fd: RawFd, addr: Ipv6Addr, port: u16) -> Result<(), i32> {
             mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
+    zero_or_errno(rc)
 }
 
 pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> Result<()> {
