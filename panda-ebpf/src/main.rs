@@ -332,6 +332,22 @@ fn bind_dev(ctx: &SockAddrContext, sk: u64, addr: &[u8; 16], cfg: &Config) -> u3
     read::<u32>(sk + cfg.offsets.sock_bound_dev_if as u64).unwrap_or(0)
 }
 
+/// `bpf_setsockopt(SOL_IPV6, IPV6_FREEBIND, 1)`: 0, or the kernel's
+/// negative errno (-EINVAL on stock kernels).
+#[inline(always)]
+fn set_freebind(ctx: &SockAddrContext) -> i64 {
+    let one: i32 = 1;
+    unsafe {
+        bpf_setsockopt(
+            ctx.sock_addr.cast(),
+            SOL_IPV6,
+            IPV6_FREEBIND,
+            &one as *const i32 as *mut _,
+            4,
+        )
+    }
+}
+
 #[inline(always)]
 fn deny_with(errno: i32) -> i32 {
     unsafe { bpf_set_retval(-errno) };
@@ -349,17 +365,7 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
     if in_prefix(&addr, cfg) {
         count(counter::BIND_PREFIX);
         if cfg.mechanism == mechanism::FREEBIND {
-            let one: i32 = 1;
-            let ret = unsafe {
-                bpf_setsockopt(
-                    ctx.sock_addr.cast(),
-                    SOL_IPV6,
-                    IPV6_FREEBIND,
-                    &one as *const i32 as *mut _,
-                    4,
-                )
-            };
-            count(if ret == 0 {
+            count(if set_freebind(&ctx) == 0 {
                 counter::FREEBIND_SET
             } else {
                 counter::FREEBIND_FAILED
@@ -466,18 +472,9 @@ pub fn probe_freebind(ctx: SockAddrContext) -> i32 {
     if unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) } as i64 != *target {
         return ALLOW;
     }
-    let one: i32 = 1;
-    let ret = unsafe {
-        bpf_setsockopt(
-            ctx.sock_addr.cast(),
-            SOL_IPV6,
-            IPV6_FREEBIND,
-            &one as *const i32 as *mut _,
-            4,
-        )
-    };
+    let ret = set_freebind(&ctx);
     if let Some(slot) = PROBE.get_ptr_mut(probe::FREEBIND_RESULT) {
-        unsafe { *slot = ret as i64 + probe::RESULT_BIAS };
+        unsafe { *slot = ret + probe::RESULT_BIAS };
     }
     ALLOW
 }
