@@ -1,7 +1,11 @@
-//! pandad's local API: one request line in, one JSON line out, over a unix
-//! stream socket (mode 0660, root's group). `panda status` is its client.
+//! pandad's local API: one request line in, one reply out, over a unix
+//! stream socket (mode 0660, owned by root and `socket_group`, else root's
+//! group). `panda status` and `panda metrics` are its clients.
 //!
-//! Requests: `status`. Anything else gets `{"error": "..."}`.
+//! Requests: `status` (one JSON line) and `metrics` (Prometheus text
+//! exposition format, up to the end of the stream). Anything else gets
+//! `{"error": "..."}`. With `metrics_listen`, the same metrics are also
+//! served over HTTP on a loopback address ([`MetricsServer`]).
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -16,7 +20,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::bpf::Bpf;
+use crate::{bpf::Bpf, reconcile::Repairs};
 
 /// Whether binds and sends that bypass the cgroup hooks are held to the
 /// kernel's rules (see docs/ARCHITECTURE.md, "Paths that skip the hooks").
@@ -51,8 +55,20 @@ pub struct Status {
     /// The nftables table, e.g. "inet panda".
     pub table: String,
     pub hookless: Hookless,
-    /// [`panda_common::counter::NAMES`] → total over all CPUs.
+    /// [`panda_common::counter::NAMES`] → total over all CPUs. Kept across
+    /// restarts (the map is pinned).
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// What the self-healing put back since this pandad started, by kind
+    /// (`anchor`, `route`, `table`, `sysctl`, `link_bind6`, …).
+    #[serde(default)]
+    pub repairs: std::collections::BTreeMap<String, u64>,
+    /// This pandad took over a predecessor's pinned links (a restart or a
+    /// crash) instead of attaching afresh.
+    #[serde(default)]
+    pub adopted: bool,
+    /// Where the links are pinned.
+    #[serde(default)]
+    pub pin_dir: String,
 }
 
 /// Everything `status` answers with: the fixed part decided at start-up plus
@@ -61,6 +77,7 @@ pub struct StatusSource {
     pub base: Status,
     pub started: Instant,
     pub bpf: Arc<Mutex<Bpf>>,
+    pub repairs: Arc<Repairs>,
 }
 
 impl StatusSource {
@@ -77,7 +94,96 @@ impl StatusSource {
             .zip(values)
             .map(|(n, v)| (n.to_string(), v))
             .collect();
+        s.repairs = self.repairs.snapshot();
         Ok(s)
+    }
+}
+
+/// Prometheus text exposition of a status: counters, repairs, uptime.
+/// Metric names are a contract with dashboards: add, never rename.
+pub fn prometheus(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let labels = format!("prefix=\"{}\",mechanism=\"{}\"", s.prefix, s.mechanism);
+    let _ = writeln!(
+        out,
+        "# HELP panda_info The subnet served and the mechanism in force (always 1).\n\
+         # TYPE panda_info gauge\npanda_info{{{labels}}} 1"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP panda_uptime_seconds Seconds since this pandad became ready.\n\
+         # TYPE panda_uptime_seconds gauge\npanda_uptime_seconds {}",
+        s.uptime_secs
+    );
+    let _ = writeln!(
+        out,
+        "# HELP panda_events_total What the BPF programs counted, by event (kept across restarts).\n\
+         # TYPE panda_events_total counter"
+    );
+    for (k, v) in &s.counters {
+        let _ = writeln!(out, "panda_events_total{{event=\"{k}\"}} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP panda_repairs_total Kernel state the self-healing restored, by kind.\n\
+         # TYPE panda_repairs_total counter"
+    );
+    for kind in REPAIR_KINDS {
+        let v = s.repairs.get(*kind).copied().unwrap_or(0);
+        let _ = writeln!(out, "panda_repairs_total{{kind=\"{kind}\"}} {v}");
+    }
+    out
+}
+
+/// Every kind of repair, so that the metrics show zeros before the first.
+pub const REPAIR_KINDS: &[&str] = &[
+    "anchor",
+    "route",
+    "table",
+    "sysctl",
+    "link_bind6",
+    "link_sendmsg6",
+    "link_socket_bind",
+];
+
+/// The optional HTTP endpoint for Prometheus (`metrics_listen`): answers
+/// every request with the metrics; loopback only (config enforces it).
+pub struct MetricsServer {
+    listener: tokio::net::TcpListener,
+}
+
+impl MetricsServer {
+    pub async fn bind(addr: std::net::SocketAddr) -> Result<MetricsServer> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("config key `metrics_listen`: binding {addr}"))?;
+        Ok(MetricsServer { listener })
+    }
+
+    /// Serves until the future is dropped.
+    pub async fn serve(&self, source: Arc<StatusSource>) {
+        loop {
+            let Ok((mut stream, _)) = self.listener.accept().await else {
+                continue;
+            };
+            let source = source.clone();
+            tokio::spawn(async move {
+                // Read the request head (any path gets the metrics).
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+                let (code, body) = match source.snapshot() {
+                    Ok(s) => ("200 OK", prometheus(&s)),
+                    Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+                };
+                let reply = format!(
+                    "HTTP/1.0 {code}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
     }
 }
 
@@ -88,8 +194,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `path`, replacing a stale socket file but never a live server.
-    pub async fn bind(path: &Path) -> Result<Server> {
+    /// Binds `path`, replacing a stale socket file but never a live server;
+    /// `group` (name or number) may use it besides root.
+    pub async fn bind(path: &Path, group: Option<&str>) -> Result<Server> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -107,6 +214,15 @@ impl Server {
             UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .with_context(|| format!("setting permissions of {}", path.display()))?;
+        if let Some(g) = group {
+            let gid = resolve_group(g)?;
+            std::os::unix::fs::chown(path, Some(0), Some(gid)).with_context(|| {
+                format!(
+                    "config key `socket_group`: giving {} to group {g}",
+                    path.display()
+                )
+            })?;
+        }
         Ok(Server {
             listener,
             path: path.to_owned(),
@@ -135,25 +251,36 @@ impl Drop for Server {
     }
 }
 
+/// A group name or number as a gid.
+fn resolve_group(g: &str) -> Result<u32> {
+    if let Ok(gid) = g.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(grp)) => Ok(grp.gid.as_raw()),
+        Ok(None) => bail!("config key `socket_group`: there is no group {g:?} on this host"),
+        Err(e) => bail!("config key `socket_group`: looking up group {g:?}: {e}"),
+    }
+}
+
 async fn answer(stream: UnixStream, source: &StatusSource) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "status" => match source.snapshot() {
-            Ok(s) => serde_json::to_string(&s)?,
-            Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
-        },
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+    let error = |e: String| serde_json::json!({ "error": e }).to_string() + "\n";
+    let reply = match (line.trim(), source.snapshot()) {
+        ("status", Ok(s)) => serde_json::to_string(&s)? + "\n",
+        ("metrics", Ok(s)) => prometheus(&s),
+        ("status" | "metrics", Err(e)) => error(format!("{e:#}")),
+        (other, _) => error(format!("unknown request {other:?}")),
     };
     w.write_all(reply.as_bytes()).await?;
-    w.write_all(b"\n").await?;
     Ok(())
 }
 
-/// Client side: one request, one reply.
-pub fn request(path: &Path, what: &str) -> Result<serde_json::Value> {
-    use std::io::{BufRead, Write};
+/// Client side: one request, the whole reply as text.
+pub fn request_text(path: &Path, what: &str) -> Result<String> {
+    use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to pandad at {} (is it running? is this the right --socket?)",
@@ -161,8 +288,19 @@ pub fn request(path: &Path, what: &str) -> Result<serde_json::Value> {
         )
     })?;
     s.write_all(format!("{what}\n").as_bytes())?;
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line)?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    if text.starts_with("{\"error\"") {
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).context("pandad sent an error that is not JSON")?;
+        bail!("pandad: {}", v["error"].as_str().unwrap_or("error"));
+    }
+    Ok(text)
+}
+
+/// Client side: one request, one JSON reply.
+pub fn request(path: &Path, what: &str) -> Result<serde_json::Value> {
+    let line = request_text(path, what)?;
     let v: serde_json::Value =
         serde_json::from_str(&line).context("pandad sent a reply that is not JSON")?;
     if let Some(e) = v.get("error") {

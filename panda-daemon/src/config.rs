@@ -10,6 +10,9 @@
 //! socket    = "/run/panda/pandad.sock"
 //! state_dir = "/run/panda"
 //! table     = "panda"                 # nftables table (family inet)
+//! bpffs     = "/sys/fs/bpf"           # where the BPF links are pinned
+//! # socket_group   = "panda"          # group allowed to use the API socket
+//! # metrics_listen = "127.0.0.1:9464" # Prometheus endpoint; absent: off
 //! ```
 //!
 //! Validation happens here, once, so that the rest of the daemon can trust a
@@ -36,6 +39,8 @@ pub const DEFAULT_SOCKET: &str = "/run/panda/pandad.sock";
 pub const DEFAULT_STATE_DIR: &str = "/run/panda";
 /// Default `table`: the name of the nftables table pandad owns.
 pub const DEFAULT_TABLE: &str = "panda";
+/// Default `bpffs`: the conventional bpffs mount point.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 /// Shortest accepted prefix length. Anything shorter would swallow large
 /// parts of the address space (and the kernel's own special ranges).
@@ -89,6 +94,9 @@ const KEYS: &[&str] = &[
     "socket",
     "state_dir",
     "table",
+    "bpffs",
+    "socket_group",
+    "metrics_listen",
 ];
 
 /// Network mask of a prefix of `len` bits, as a host-order `u128`.
@@ -304,6 +312,15 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Name of the nftables table (family inet).
     pub table: String,
+    /// Mount point of the bpffs the BPF links are pinned on, so that they
+    /// outlive pandad (restart, crash) and never leave a bind unguarded.
+    pub bpffs: PathBuf,
+    /// Group (name or number) that may use the API socket besides root.
+    /// None: root's group.
+    pub socket_group: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this loopback address.
+    /// None (the default): metrics only through the API socket.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why a config file was rejected. Every variant's Display says where the
@@ -357,6 +374,9 @@ struct RawConfig {
     socket: Option<toml::Value>,
     state_dir: Option<toml::Value>,
     table: Option<toml::Value>,
+    bpffs: Option<toml::Value>,
+    socket_group: Option<toml::Value>,
+    metrics_listen: Option<toml::Value>,
 }
 
 /// Extracts a string value or says which key has the wrong type.
@@ -466,6 +486,38 @@ impl Config {
             }
             cfg.table = t;
         }
+        if let Some(v) = &raw.bpffs {
+            cfg.bpffs = absolute_path("bpffs", v)?;
+        }
+        if let Some(v) = &raw.socket_group {
+            let g = string_of("socket_group", v)?;
+            if g.is_empty() || g.contains(|c: char| c.is_whitespace() || c == ':') {
+                return Err(ConfigError::Invalid {
+                    key: "socket_group",
+                    reason: format!("{g:?} is not a group name or number"),
+                });
+            }
+            cfg.socket_group = Some(g);
+        }
+        if let Some(v) = &raw.metrics_listen {
+            let s = string_of("metrics_listen", v)?;
+            let addr: std::net::SocketAddr = s.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_listen",
+                reason: format!(
+                    "{s:?} is not ADDRESS:PORT (e.g. \"127.0.0.1:9464\" or \"[::1]:9464\")"
+                ),
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Invalid {
+                    key: "metrics_listen",
+                    reason: format!(
+                        "{addr} is not a loopback address; the metrics endpoint has no \
+                         authentication, so it only listens on 127.0.0.0/8 or ::1"
+                    ),
+                });
+            }
+            cfg.metrics_listen = Some(addr);
+        }
         Ok(cfg)
     }
 }
@@ -510,6 +562,9 @@ impl Default for Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             table: DEFAULT_TABLE.to_owned(),
+            bpffs: PathBuf::from(DEFAULT_BPFFS),
+            socket_group: None,
+            metrics_listen: None,
         }
     }
 }
@@ -553,6 +608,9 @@ mod tests {
         assert_eq!(d.socket, PathBuf::from("/run/panda/pandad.sock"));
         assert_eq!(d.state_dir, PathBuf::from("/run/panda"));
         assert_eq!(d.table, "panda");
+        assert_eq!(d.bpffs, PathBuf::from("/sys/fs/bpf"));
+        assert_eq!(d.socket_group, None);
+        assert_eq!(d.metrics_listen, None);
         assert_eq!(Config::from_toml_str("").unwrap(), d);
         assert_eq!(Config::from_toml_str("# nothing\n\n").unwrap(), d);
     }
@@ -649,6 +707,37 @@ mod tests {
         rejects("socket = 1.5", "socket", "expected a string");
         rejects("state_dir = {}", "state_dir", "expected a string");
         rejects("table = 7", "table", "expected a string");
+        rejects("bpffs = 1", "bpffs", "expected a string");
+        rejects("socket_group = 0", "socket_group", "expected a string");
+        rejects(
+            "metrics_listen = 9464",
+            "metrics_listen",
+            "expected a string",
+        );
+    }
+
+    #[test]
+    fn lifecycle_keys() {
+        let c = Config::from_toml_str(
+            "bpffs = \"/run/panda-bpf\"\nsocket_group = \"adm\"\nmetrics_listen = \"[::1]:9464\"",
+        )
+        .unwrap();
+        assert_eq!(c.bpffs, PathBuf::from("/run/panda-bpf"));
+        assert_eq!(c.socket_group.as_deref(), Some("adm"));
+        assert_eq!(c.metrics_listen, Some("[::1]:9464".parse().unwrap()));
+        rejects("bpffs = \"sys/fs/bpf\"", "bpffs", "not an absolute path");
+        rejects("socket_group = \"\"", "socket_group", "not a group name");
+        rejects("socket_group = \"a b\"", "socket_group", "not a group name");
+        rejects(
+            "metrics_listen = \"9464\"",
+            "metrics_listen",
+            "is not ADDRESS:PORT",
+        );
+        rejects(
+            "metrics_listen = \"0.0.0.0:9464\"",
+            "metrics_listen",
+            "not a loopback address",
+        );
     }
 
     #[test]

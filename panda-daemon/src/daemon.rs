@@ -11,6 +11,20 @@
 //!    `ip_nonlocal_bind=1`: there is never a moment with the sysctl at 1 and
 //!    no guard in place. Teardown restores the sysctl first for the same
 //!    reason.
+//!
+//! The BPF links are pinned ([`crate::pins`]), so they outlive the process.
+//! How pandad ends decides what happens to everything it set up:
+//!
+//! | how it ends | what it leaves | the next pandad |
+//! |---|---|---|
+//! | SIGTERM/SIGINT (a stop) | nothing: full teardown, in reverse | starts afresh |
+//! | SIGTERM during `systemctl restart`, or SIGUSR2 (a hand-over) | everything in force, record kept | adopts it all: no bind fails in between |
+//! | a crash, SIGKILL | the same as a hand-over | the same |
+//!
+//! A new pandad that finds a predecessor's record adopts its pinned links by
+//! swapping its own programs into them (`BPF_LINK_UPDATE`), re-installs the
+//! nftables table atomically and re-uses the route and anchor, so nothing is
+//! duplicated and no hook is ever missing.
 use std::{
     fs::File,
     path::PathBuf,
@@ -24,14 +38,16 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, Hookless, Status, StatusSource},
-    bpf::Bpf,
+    bpf::{Bpf, Installed, LSM_PROGRAM},
     btf, cgroup,
     config::{Config, MechanismChoice},
     firewall,
     netlink::Netlink,
+    pins::{PinDir, LINK_PINS},
     probe,
+    reconcile::{Reconciler, Repairs},
     state::{Record, StateFile},
-    sysctl,
+    sysctl, systemd,
 };
 
 /// The mechanism in force, after probing.
@@ -54,10 +70,19 @@ impl Mechanism {
 }
 
 /// Everything this instance changed, so that teardown undoes exactly that.
-struct Applied {
-    state: StateFile,
-    record: Record,
+pub(crate) struct Applied {
+    pub(crate) state: StateFile,
+    pub(crate) record: Record,
     table: bool,
+}
+
+/// How pandad leaves: see the table at the top of this module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// Undo everything.
+    Teardown,
+    /// Leave everything in force for the next pandad.
+    Handover,
 }
 
 /// What start-up decided before changing anything.
@@ -67,9 +92,11 @@ struct Plan {
     lsm: bool,
     netns_cookie: u64,
     cgroup: PathBuf,
+    /// Where this instance pins its links.
+    pins: PinDir,
 }
 
-/// Runs pandad until SIGTERM/SIGINT. Returns after a complete teardown.
+/// Runs pandad until SIGTERM/SIGINT (or SIGUSR2, a hand-over). Returns after a complete teardown.
 pub async fn run(config: Config) -> Result<()> {
     // From here on SIGTERM/SIGINT no longer kill the process: a signal that
     // arrives during set-up is seen once set-up is done, and undone cleanly.
@@ -93,9 +120,12 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     // Bound before any change: a socket in use is a refusal that leaves no trace.
-    let server = api::Server::bind(&config.socket).await?;
-    let mut bpf = Bpf::load()?;
-    let plan = decide(&config, &mut bpf)?;
+    let server = api::Server::bind(&config.socket, config.socket_group.as_deref()).await?;
+    let netns_cookie = probe::netns_cookie()?;
+    let pins = PinDir::for_instance(&config.bpffs, netns_cookie, &config.table);
+    // A predecessor's pinned counters carry on counting.
+    let mut bpf = Bpf::load(previous.is_some().then_some(&pins))?;
+    let plan = decide(&config, &mut bpf, netns_cookie, pins)?;
     let nl = Netlink::connect().await?;
     if !nl.lo_is_up().await? {
         bail!("`lo` is down in this network namespace; bring it up first: ip link set lo up");
@@ -109,30 +139,48 @@ pub async fn run(config: Config) -> Result<()> {
     };
     applied.record.pid = std::process::id();
     let bpf = Arc::new(Mutex::new(bpf));
+    let adopted = previous_pins(&applied.record, &plan.pins);
     let outcome = match setup(&config, &nl, &bpf, &plan, &mut applied).await {
         Ok(()) => {
             serve(
                 &config,
+                &nl,
                 server,
-                status_base(&config, &plan),
+                status_base(&config, &plan, adopted),
                 bpf.clone(),
+                &plan,
+                &mut applied,
                 &mut signals,
             )
             .await
         }
         Err(e) => Err(e),
     };
-    let undo = teardown(&config, &nl, bpf, &mut applied).await;
-    match (outcome, undo) {
+    if let Ok(Exit::Handover) = outcome {
+        info!(
+            "handing over: the subnet stays in force (pinned in {}); the next pandad with \
+             state_dir {} adopts it",
+            plan.pins.path().display(),
+            config.state_dir.display()
+        );
+        return Ok(());
+    }
+    let undo = teardown(&config, &nl, bpf, &plan, &mut applied).await;
+    match (outcome.map(|_| ()), undo) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(e.context("tearing down")),
         (Ok(()), Ok(())) => Ok(()),
     }
 }
 
+/// Whether a predecessor's pins are there to adopt.
+fn previous_pins(record: &Record, ours: &PinDir) -> bool {
+    record.pin_dir.as_deref() == Some(ours.path()) && ours.exists()
+}
+
 /// Picks the mechanism and checks what it needs; writes the programs'
 /// configuration. Changes nothing in the namespace.
-fn decide(config: &Config, bpf: &mut Bpf) -> Result<Plan> {
+fn decide(config: &Config, bpf: &mut Bpf, netns_cookie: u64, pins: PinDir) -> Result<Plan> {
     let cgroup_root = cgroup::cgroup2_root()?;
     let target = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
     cgroup::validate(&cgroup_root, &target)?;
@@ -140,7 +188,6 @@ fn decide(config: &Config, bpf: &mut Bpf) -> Result<Plan> {
     if config.mechanism == MechanismChoice::Guard && !at_root {
         bail!(guard_needs_root(&target, &cgroup_root));
     }
-    let netns_cookie = probe::netns_cookie()?;
     let root_fd = File::open(&cgroup_root)
         .with_context(|| format!("opening cgroup2 root {}", cgroup_root.display()))?;
 
@@ -192,6 +239,7 @@ fn decide(config: &Config, bpf: &mut Bpf) -> Result<Plan> {
         lsm,
         netns_cookie,
         cgroup: target,
+        pins,
     })
 }
 
@@ -266,17 +314,50 @@ async fn setup(
     firewall::install(&config.table, &config.prefix)
         .with_context(|| format!("installing nftables table inet {}", config.table))?;
 
-    let cgroup_fd = File::open(&plan.cgroup)
-        .with_context(|| format!("opening cgroup {}", plan.cgroup.display()))?;
+    // Pins first on record: a crash from here on leaves links the next
+    // instance finds.
+    let pins = &plan.pins;
+    let stale_pins = applied
+        .record
+        .pin_dir
+        .clone()
+        .filter(|d| d != pins.path())
+        .map(PinDir::at);
+    applied.record.pin_dir = Some(pins.path().to_owned());
+    applied.state.write(&applied.record)?;
+    pins.ensure(&config.bpffs)?;
     {
         let mut bpf = bpf.lock().unwrap_or_else(|p| p.into_inner());
-        if mechanism == Mechanism::Guard {
-            bpf.attach_sock_addr("sendmsg6", &cgroup_fd)?;
-            if plan.lsm {
-                bpf.attach_lsm("socket_bind")?;
+        bpf.pin_counters(pins)?;
+        // sendmsg6 and the LSM guard before bind6, as at a first start.
+        let wanted: Vec<&'static str> = match mechanism {
+            Mechanism::Guard if plan.lsm => vec!["sendmsg6", LSM_PROGRAM, "bind6"],
+            Mechanism::Guard => vec!["sendmsg6", "bind6"],
+            Mechanism::Freebind => vec!["bind6"],
+        };
+        for name in &wanted {
+            match bpf.install(name, &plan.cgroup, pins)? {
+                Installed::Adopted => {
+                    info!("adopted the pinned {name} link: program swapped in place")
+                }
+                Installed::Attached => {
+                    info!("attached {name} (pinned in {})", pins.path().display())
+                }
             }
         }
-        bpf.attach_sock_addr("bind6", &cgroup_fd)?;
+        for name in LINK_PINS.iter().filter(|n| !wanted.contains(n)) {
+            bpf.uninstall(name, pins)?;
+        }
+    }
+    if let Some(old) = stale_pins {
+        // A predecessor pinned elsewhere (another `bpffs` or `table`): ours
+        // are in force now, so its links can go.
+        old.remove().with_context(|| {
+            format!(
+                "removing the predecessor's pins in {}",
+                old.path().display()
+            )
+        })?;
     }
     if mechanism == Mechanism::Guard {
         // Guard mode is always attached at the root, which covers pandad.
@@ -286,10 +367,11 @@ async fn setup(
     Ok(())
 }
 
-/// SIGTERM and SIGINT, caught from the start of [`run`].
+/// SIGTERM, SIGINT and SIGUSR2, caught from the start of [`run`].
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -297,11 +379,34 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
         })
     }
 }
 
-fn status_base(config: &Config, plan: &Plan) -> Status {
+/// What a SIGTERM means: a stop, unless systemd says it is restarting us.
+fn sigterm_exit() -> Exit {
+    match systemd::sigterm_verdict() {
+        systemd::Verdict::Restart { unit } => {
+            info!("SIGTERM: systemd is restarting {unit}; handing over");
+            Exit::Handover
+        }
+        systemd::Verdict::Stop { unit } => {
+            info!("SIGTERM: systemd is stopping {unit}; tearing down");
+            Exit::Teardown
+        }
+        systemd::Verdict::NotSystemd => {
+            info!("SIGTERM: tearing down");
+            Exit::Teardown
+        }
+        systemd::Verdict::Unknown { why } => {
+            warn!("SIGTERM: could not tell a restart from a stop ({why}); tearing down");
+            Exit::Teardown
+        }
+    }
+}
+
+fn status_base(config: &Config, plan: &Plan, adopted: bool) -> Status {
     let (mechanism, lsm) = (plan.mechanism, plan.lsm);
     Status {
         prefix: config.prefix.to_string(),
@@ -322,21 +427,44 @@ fn status_base(config: &Config, plan: &Plan) -> Status {
             icmp_send: "closed".into(),
         },
         counters: Default::default(),
+        repairs: Default::default(),
+        adopted,
+        pin_dir: plan.pins.path().display().to_string(),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     config: &Config,
+    nl: &Netlink,
     server: api::Server,
     base: Status,
     bpf: Arc<Mutex<Bpf>>,
+    plan: &Plan,
+    applied: &mut Applied,
     signals: &mut Signals,
-) -> Result<()> {
+) -> Result<Exit> {
+    let repairs = Arc::new(Repairs::default());
     let source = Arc::new(StatusSource {
         base,
         started: Instant::now(),
-        bpf,
+        bpf: bpf.clone(),
+        repairs: repairs.clone(),
     });
+    let reconciler = Reconciler::new(
+        config,
+        plan.mechanism,
+        plan.cgroup.clone(),
+        plan.pins.clone(),
+        bpf,
+        nl,
+        applied,
+        repairs,
+    )?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(api::MetricsServer::bind(addr).await?),
+        None => None,
+    };
     info!(
         "ready: {} is a loopback subnet (mechanism {}, table inet {}, API {})",
         config.prefix,
@@ -347,13 +475,26 @@ async fn serve(
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         warn!("sd_notify READY failed: {e}");
     }
-    tokio::select! {
-        _ = server.serve(source) => {}
-        _ = signals.term.recv() => info!("SIGTERM: tearing down"),
-        _ = signals.int.recv() => info!("SIGINT: tearing down"),
-    }
+    let metrics_source = source.clone();
+    let exit = tokio::select! {
+        _ = server.serve(source) => Exit::Teardown,
+        _ = async { match &metrics { Some(m) => m.serve(metrics_source).await, None => std::future::pending().await } } => Exit::Teardown,
+        r = reconciler.run() => {
+            r?;
+            Exit::Teardown
+        }
+        _ = signals.term.recv() => sigterm_exit(),
+        _ = signals.int.recv() => {
+            info!("SIGINT: tearing down");
+            Exit::Teardown
+        }
+        _ = signals.usr2.recv() => {
+            info!("SIGUSR2: handing over");
+            Exit::Handover
+        }
+    };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    Ok(())
+    Ok(exit)
 }
 
 /// Undoes what `applied` records, in reverse order; keeps going past errors
@@ -362,6 +503,7 @@ async fn teardown(
     config: &Config,
     nl: &Netlink,
     bpf: Arc<Mutex<Bpf>>,
+    plan: &Plan,
     applied: &mut Applied,
 ) -> Result<()> {
     let mut errors = Vec::new();
@@ -370,7 +512,16 @@ async fn teardown(
             errors.push(e.context("restoring net.ipv6.ip_nonlocal_bind"));
         }
     }
-    // Dropping the last reference closes every link and map.
+    // Unpinning and dropping the last reference detaches every link.
+    if applied.record.pin_dir.is_some() {
+        let removed = bpf
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_pins(&plan.pins);
+        if let Err(e) = removed {
+            errors.push(e.context("unpinning the BPF links"));
+        }
+    }
     drop(bpf);
     if applied.table {
         if let Err(e) = firewall::remove(&config.table) {

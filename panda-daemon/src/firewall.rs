@@ -301,6 +301,136 @@ pub fn exists(table: &str) -> anyhow::Result<bool> {
     }))
 }
 
+/// `nft list table inet <table>` as text (no handles), or None when the
+/// table does not exist: what [`crate::reconcile`] compares against the
+/// listing taken right after [`install`] to notice any change to the table.
+pub fn listing(table: &str) -> anyhow::Result<Option<String>> {
+    let what = format!("listing nftables table inet {table}");
+    check_name(table).context(what.clone())?;
+    let out = Command::new(NFT)
+        .args(["list", "table", "inet", table])
+        .output()
+        .with_context(|| format!("{what}: running `{NFT} list table inet {table}`"))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        return Ok(None);
+    }
+    bail!("{what}: {} ({})", err.trim(), out.status)
+}
+
+/// A subscription to nf_tables change notifications of this namespace
+/// (`NFNLGRP_NFTABLES`, what `nft monitor` listens to): any table, chain,
+/// rule or set added or removed, by anyone. Each is only a nudge to compare
+/// [`listing`] with what it should be.
+pub struct Events {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl Events {
+    /// Opens a NETLINK_NETFILTER socket in the calling thread's namespace
+    /// and joins the nf_tables group.
+    pub fn subscribe() -> anyhow::Result<Events> {
+        use std::os::fd::FromRawFd;
+        const NFNLGRP_NFTABLES: libc::c_int = 7;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("opening a NETLINK_NETFILTER socket");
+        }
+        // SAFETY: raw is a fresh fd that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // Only a bound netlink socket is on the kernel's multicast lists.
+        // SAFETY: a zeroed sockaddr_nl (pid 0: the kernel picks one).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: sa is a valid sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("binding the NETLINK_NETFILTER socket");
+        }
+        let group = NFNLGRP_NFTABLES;
+        // SAFETY: a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                &group as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("joining the nf_tables netlink group");
+        }
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
+        // same file for the AsyncFd's whole life.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map_err(std::io::Error::from)
+            .context("registering the nf_tables socket")?;
+        Ok(Events { fd })
+    }
+
+    /// Waits for the next notification, then drains every one queued (an
+    /// overrun, ENOBUFS, counts as a notification too).
+    pub async fn next_burst(&mut self) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 8192];
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                std::future::pending::<()>().await;
+                return;
+            };
+            let mut got = false;
+            loop {
+                // SAFETY: buf is a valid writable buffer of its length.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd.get_ref().as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n >= 0 {
+                    got = true;
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        got = true; // ENOBUFS: events were lost; look anyway
+                        break;
+                    }
+                }
+            }
+            guard.clear_ready();
+            if got {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Tests that run `nft` for real do so in their own fresh network

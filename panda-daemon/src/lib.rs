@@ -20,8 +20,11 @@ pub mod config;
 pub mod daemon;
 pub mod firewall;
 pub mod netlink;
+pub mod pins;
 pub mod probe;
+pub mod reconcile;
 pub mod state;
 pub mod sysctl;
+pub mod systemd;
 #[cfg(test)]
 mod testns;

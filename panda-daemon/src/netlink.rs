@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
     link::LinkFlags,
-    route::{RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
     AddressFamily,
 };
 use rtnetlink::{AddressMessageBuilder, Handle, RouteMessageBuilder};
@@ -51,6 +51,72 @@ pub struct IfAddr {
     /// `IFA_F_*` flags: the full `IFA_FLAGS` attribute if the kernel sent
     /// it, else the 8-bit header field.
     pub flags: u32,
+}
+
+/// What [`Netlink::local_route_state`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteState {
+    Ok,
+    /// No local route for the prefix on `lo` in table local.
+    Missing,
+    /// There, but without the anchor as its source.
+    NoSource,
+}
+
+/// rtnetlink multicast groups whose events can mean that pandad's route or
+/// anchor changed: links (`lo` down removes routes), IPv6 addresses and
+/// IPv6 routes (`RTNLGRP_LINK`, `RTNLGRP_IPV6_IFADDR`, `RTNLGRP_IPV6_ROUTE`).
+const EVENT_GROUPS: [u32; 3] = [1, 9, 11];
+
+/// A subscription to the rtnetlink events of [`EVENT_GROUPS`] in this
+/// namespace: each event is only a nudge to look again ([`crate::reconcile`]
+/// compares the kernel's state with what it should be).
+pub struct Events {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    // Keeps the connection task alive.
+    _handle: Handle,
+}
+
+impl Events {
+    /// Joins the groups; spawns the socket's task on the current runtime.
+    pub fn subscribe() -> anyhow::Result<Events> {
+        let (mut conn, handle, messages) =
+            rtnetlink::new_connection().context("opening a NETLINK_ROUTE event socket")?;
+        use rtnetlink::sys::AsyncSocket;
+        // Only a bound netlink socket is on the kernel's multicast lists.
+        conn.socket_mut()
+            .socket_mut()
+            .bind_auto()
+            .context("binding the rtnetlink event socket")?;
+        for group in EVENT_GROUPS {
+            conn.socket_mut()
+                .socket_mut()
+                .add_membership(group)
+                .with_context(|| format!("joining rtnetlink multicast group {group}"))?;
+        }
+        tokio::runtime::Handle::try_current()
+            .context("spawning the netlink event task: no tokio runtime is running")?
+            .spawn(conn);
+        Ok(Events {
+            messages,
+            _handle: handle,
+        })
+    }
+
+    /// Waits for the next event, then takes every event already queued:
+    /// one look serves a burst.
+    pub async fn next_burst(&mut self) {
+        use futures::StreamExt;
+        if self.messages.next().await.is_none() {
+            // The socket task ended (it does not, short of an error): fall
+            // back on the periodic check rather than spinning.
+            std::future::pending::<()>().await;
+        }
+        while self.messages.try_recv().is_ok() {}
+    }
 }
 
 /// A connection to the kernel's routing netlink (NETLINK_ROUTE), bound to
@@ -191,6 +257,59 @@ impl Netlink {
             Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
             Err(e) => Err(e).with_context(what),
         }
+    }
+
+    /// Whether the local route for `prefix` is in table local as
+    /// [`Netlink::add_local_route`] makes it, with the anchor as source.
+    pub async fn local_route_state(&self, prefix: &Prefix) -> anyhow::Result<RouteState> {
+        let what = || format!("looking up the local route for {prefix}");
+        let lo = self.lo_ifindex().await.with_context(what)?;
+        let filter = RouteMessageBuilder::<Ipv6Addr>::new()
+            .table_id(u32::from(RT_TABLE_LOCAL))
+            .build();
+        let mut dump = self.handle.route().get(filter).execute();
+        let mut state = RouteState::Missing;
+        while let Some(msg) = dump.try_next().await.with_context(what)? {
+            let h = &msg.header;
+            if h.destination_prefix_length != prefix.len() || h.kind != RouteType::Local {
+                continue;
+            }
+            let (mut dst, mut oif, mut src) = (None, None, None);
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(*d),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(p)) => src = Some(*p),
+                    _ => {}
+                }
+            }
+            if dst != Some(prefix.network()) || oif != Some(lo) {
+                continue;
+            }
+            if src == Some(prefix.anchor()) {
+                return Ok(RouteState::Ok);
+            }
+            state = RouteState::NoSource;
+        }
+        Ok(state)
+    }
+
+    /// Replaces the local route for `prefix` with the one
+    /// [`Netlink::add_local_route`] adds (e.g. after the anchor was removed
+    /// and re-added: the kernel drops a route's source with the address).
+    pub async fn replace_local_route(&self, prefix: &Prefix) -> anyhow::Result<()> {
+        let what = || format!("replacing the local route for {prefix} on lo");
+        let lo = self.lo_ifindex().await.with_context(what)?;
+        let msg: RouteMessage = Self::local_route(prefix, lo)
+            .pref_source(prefix.anchor())
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(what)
     }
 
     /// Every IPv6 address of every interface in this netns (`ip -6 addr`),

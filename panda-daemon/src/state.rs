@@ -3,7 +3,9 @@
 //! pandad writes the record *before* each change it makes. If it dies
 //! (SIGKILL, OOM, power cut) the next pandad with the same `state_dir` finds
 //! the record of a dead pid and knows which of the anchor address and the
-//! route were its own, and what `ip_nonlocal_bind` was before panda set it.
+//! route were its own, what `ip_nonlocal_bind` was before panda set it, and
+//! where its pinned BPF links are (still in force: the next instance adopts
+//! them rather than leaving a gap).
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory).
 use std::{
     fs::{self, File},
@@ -25,6 +27,27 @@ pub struct Record {
     pub owns_anchor: bool,
     /// panda added the local route.
     pub owns_route: bool,
+    /// Where that instance pinned its BPF links ([`crate::pins`]): they are
+    /// still in force, and the next instance adopts them. None: nothing
+    /// pinned yet (or a record from before pinning existed).
+    #[serde(default)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Whether `pid` is a live pandad: a process of that name that is not a
+/// zombie (a killed pandad its parent has not reaped yet is dead: its
+/// pins are what the next instance adopts).
+fn pandad_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ...": comm may contain spaces or parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+    comm == "pandad" && !matches!(state, "Z" | "X")
 }
 
 /// The record file of one `state_dir`.
@@ -51,9 +74,8 @@ impl StateFile {
         };
         let rec: Record = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a panda state record", self.path.display()))?;
-        if rec.pid != std::process::id() && Path::new(&format!("/proc/{}", rec.pid)).exists() {
-            let comm = fs::read_to_string(format!("/proc/{}/comm", rec.pid)).unwrap_or_default();
-            if comm.trim() == "pandad" {
+        if rec.pid != std::process::id() && pandad_alive(rec.pid) {
+            {
                 bail!(
                     "another pandad (pid {}) is running with state_dir {}",
                     rec.pid,
@@ -106,6 +128,7 @@ mod tests {
             nonlocal_bind_before: Some(0),
             owns_anchor: true,
             owns_route: false,
+            pin_dir: Some("/sys/fs/bpf/panda/1-panda".into()),
         };
         sf.write(&rec).unwrap();
         assert_eq!(sf.take_over().unwrap(), Some(rec));

@@ -333,7 +333,7 @@ fn sweep_stale() {
         }
         for n in names(Path::new("/tmp")) {
             if dead(&n, "panda-t") {
-                let _ = std::fs::remove_dir_all(Path::new("/tmp").join(&n));
+                remove_tree(&Path::new("/tmp").join(&n));
             }
         }
     });
@@ -426,8 +426,27 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        remove_tree(&self.0);
     }
+}
+
+/// Unmounts whatever is mounted below `dir` (a test's bpffs: unmounting it
+/// drops its pins, which detaches the programs), then removes the tree.
+pub fn remove_tree(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.
@@ -587,20 +606,23 @@ impl Launch {
 pub struct Pandad {
     child: Option<Child>,
     pidfd: OwnedFd,
-    dir: TempDir,
+    /// Always Some but in [`Pandad::kill_keep_dir`].
+    dir: Option<TempDir>,
     socket: PathBuf,
     stderr: Capture,
     stderr_done: mpsc::Receiver<()>,
     status: Option<ExitStatus>,
 }
 
-/// Config lines every test config starts with: API socket and state
-/// directory inside the per-test temporary directory.
+/// Config lines every test config starts with: API socket, state
+/// directory and bpffs (a mount of its own, so the test's pins are private
+/// and go when [`TempDir`] unmounts it) inside the per-test directory.
 pub fn base_config(dir: &Path) -> String {
     format!(
-        "socket = \"{}\"\nstate_dir = \"{}\"\n",
+        "socket = \"{}\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\n",
         dir.join("pandad.sock").display(),
-        dir.join("state").display()
+        dir.join("state").display(),
+        dir.join("bpffs").display()
     )
 }
 
@@ -673,7 +695,7 @@ impl Pandad {
             child: Some(child),
             pidfd,
             socket: dir.path().join("pandad.sock"),
-            dir,
+            dir: Some(dir),
             stderr,
             stderr_done,
             status: None,
@@ -734,7 +756,25 @@ impl Pandad {
 
     /// The per-test directory holding config, sockets and state.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("pandad's dir").path()
+    }
+
+    /// Ends pandad with `sig` (e.g. SIGKILL, or SIGUSR2 for a hand-over)
+    /// and hands back its directory (config, state, bpffs) for the next
+    /// instance; returns stderr too.
+    pub fn end_keep_dir(mut self, sig: libc::c_int) -> (TempDir, ExitStatus, String) {
+        self.signal(sig);
+        let st = self.reap(DAEMON_DEADLINE).unwrap_or_else(|| {
+            panic!("pandad did not exit within {DAEMON_DEADLINE:?} of signal {sig}")
+        });
+        let err = self.stderr_text();
+        (self.dir.take().expect("pandad's dir"), st, err)
+    }
+
+    /// Starts pandad again on the config a previous one left in `dir`.
+    pub fn relaunch(ns: &Netns, dir: TempDir) -> Launch {
+        let cfg = dir.path().join("pandad.toml");
+        Self::launch_args(ns, dir, &["--config", cfg.to_str().unwrap()])
     }
 
     /// pandad's pid.

@@ -32,6 +32,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print pandad's metrics in Prometheus text format (counters, repairs,
+    /// uptime): for a node exporter's textfile collector, or a look by hand.
+    /// The same is served over HTTP when `metrics_listen` is set.
+    Metrics,
 }
 
 fn main() -> ExitCode {
@@ -66,11 +70,27 @@ fn run(args: Args) -> anyhow::Result<()> {
                 println!("table         {}", s.table);
                 println!("raw/ping bind {}", s.hookless.raw_ping_bind);
                 println!("icmp send     {}", s.hookless.icmp_send);
+                println!(
+                    "pins          {}{}",
+                    s.pin_dir,
+                    if s.adopted {
+                        " (adopted from the previous pandad)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("counters");
                 for (k, v) in &s.counters {
-                    println!("  {k:<16} {v}");
+                    println!("  {k:<20} {v}");
+                }
+                let total: u64 = s.repairs.values().sum();
+                println!("repairs       {total}");
+                for (k, v) in &s.repairs {
+                    println!("  {k:<20} {v}");
                 }
             }
         }
+        Command::Metrics => print!("{}", api::request_text(&socket, "metrics")?),
     }
     Ok(())
 }
