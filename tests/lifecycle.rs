@@ -544,13 +544,15 @@ fn second_instance_refused_and_crash_taken_over() {
     }
     let ns = Netns::new("lc-crash");
     let before = ns.snapshot();
-    // The state directory outlives the first daemon, as /run/panda does.
+    // The state directory (and the bpffs) outlive the first daemon, as
+    // /run/panda and /sys/fs/bpf do.
     let state = TempDir::new();
     let config = |run: &TempDir| {
         format!(
-            "socket = \"{}\"\nstate_dir = \"{}\"\n",
+            "socket = \"{}\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\n",
             run.path().join("pandad.sock").display(),
-            state.path().display()
+            state.path().display(),
+            state.path().join("bpffs").display()
         )
     };
     let run1 = TempDir::new();
@@ -571,7 +573,7 @@ fn second_instance_refused_and_crash_taken_over() {
         "the first instance is unharmed"
     );
 
-    // Crash the first: its changes stay behind (links die with it).
+    // Crash the first: its changes stay behind, its links too (pinned).
     let mech = mechanism(&first.status());
     let (st, _) = first.stop_with(libc::SIGKILL);
     assert_eq!(st.signal(), Some(libc::SIGKILL));

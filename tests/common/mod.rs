@@ -496,6 +496,21 @@ impl ChildCgroup {
         ChildCgroup(p)
     }
 
+    /// A cgroup named like a systemd service (`….service`), for code that
+    /// finds its unit from /proc/self/cgroup.
+    pub fn service(tag: &str) -> ChildCgroup {
+        let p = cgroup2_root().join(format!("{}.service", unique(tag)));
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        ChildCgroup(p)
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn adopt(&self, pid: u32) {
+        let procs = self.0.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", procs.display()));
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -654,7 +669,19 @@ impl Pandad {
     /// Launches `pandad ARGS` in `ns` with NOTIFY_SOCKET set; waits for
     /// READY=1 or exit, with a deadline.
     pub fn launch_args(ns: &Netns, dir: TempDir, args: &[&str]) -> Launch {
+        Self::launch_args_env(ns, dir, args, &[])
+    }
+
+    /// Like [`Pandad::launch_args`] with extra environment variables.
+    pub fn launch_args_env(
+        ns: &Netns,
+        dir: TempDir,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Launch {
         let notify_path = dir.path().join("notify.sock");
+        // A relaunch in the same directory finds its predecessor's socket.
+        let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         let echo = std::env::var_os("PANDA_TEST_ECHO").is_some();
         let mut cmd = ns.cmd(PANDAD);
@@ -676,6 +703,7 @@ impl Pandad {
             // Relative paths a (bad) config might hold land in the temp dir.
             .current_dir(dir.path())
             .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1368,6 +1396,87 @@ pub fn random_prefix_addr(rng: &mut impl rand::Rng) -> Ipv6Addr {
             return a;
         }
     }
+}
+
+/// Checks `cond` every millisecond until it holds or `deadline` passes
+/// (for kernel state that has no event a test can wait on); returns
+/// whether it held.
+pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    retry_until(deadline, || {
+        if cond() {
+            Some(())
+        } else {
+            thread::sleep(Duration::from_millis(1));
+            None
+        }
+    })
+    .is_some()
+}
+
+// ---------------------------------------------------------------------------
+// pandad's BPF links, as the kernel sees them
+// ---------------------------------------------------------------------------
+
+/// One link of a pandad instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceLink {
+    /// The program's name (`bind6`, `sendmsg6`, `socket_bind`).
+    pub prog: String,
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+/// Every link in the kernel whose program uses the counters map pinned in
+/// `pin_dir`: the instance's links, whichever pandad loaded the program,
+/// attached or not. Sorted by program name.
+pub fn instance_links(pin_dir: &Path) -> Vec<InstanceLink> {
+    let counters = aya::maps::MapInfo::from_pin(pin_dir.join("COUNTERS"))
+        .unwrap_or_else(|e| panic!("no counters map pinned in {}: {e}", pin_dir.display()))
+        .id();
+    let progs: std::collections::HashMap<u32, aya::programs::ProgramInfo> =
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| (p.id(), p))
+            .collect();
+    let mut out: Vec<InstanceLink> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter_map(|l| {
+            let p = progs.get(&l.program_id())?;
+            let maps = p.map_ids().ok()??;
+            maps.contains(&counters).then(|| InstanceLink {
+                prog: p.name_as_str().unwrap_or("").to_owned(),
+                link_id: l.id(),
+                prog_id: l.program_id(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.prog.cmp(&b.prog));
+    out
+}
+
+/// `bpftool link detach` for the link pinned at `path` (BPF_LINK_DETACH):
+/// the link object stays, but its program no longer runs.
+pub fn detach_pinned_link(path: &Path) {
+    let fd = panda::pins::open_pinned(path)
+        .expect("open pin")
+        .unwrap_or_else(|| panic!("nothing pinned at {}", path.display()));
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+    }
+    let mut attr = Attr {
+        link_fd: fd.as_raw_fd() as u32,
+    };
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_LINK_DETACH: {}", io::Error::last_os_error());
 }
 
 /// Retries `f` (which itself blocks with a timeout) until it returns Some or
