@@ -597,3 +597,73 @@ fn second_instance_refused_and_crash_taken_over() {
     assert!(st.success(), "{st}: {err}");
     assert_same(&before, &ns.snapshot(), "after crash, take-over and stop");
 }
+
+#[test]
+fn metrics_in_prometheus_format_on_the_socket_and_over_http() {
+    if !require_privileged() {
+        return;
+    }
+    let ns = Netns::new("lc-metrics");
+    // The namespace's own loopback: a fixed port cannot collide.
+    let p = Pandad::start_with(
+        &ns,
+        "socket_group = \"4242\"\nmetrics_listen = \"127.0.0.1:9464\"\n",
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p.socket()).expect("stat the API socket");
+        assert_eq!(m.gid(), 4242, "socket_group: the socket's group");
+        assert_eq!(m.mode() & 0o777, 0o660, "the socket's mode");
+    }
+    ns.in_netns(|| assert_bind_ok(libc::SOCK_STREAM, a6("fd00:1009:bacc::e1"), "prefix"));
+
+    let out = p.panda(&["metrics"]);
+    assert!(out.status.success(), "panda metrics: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Every sample line is NAME{LABELS} VALUE with a numeric value, and
+    // every metric has HELP and TYPE lines.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = l
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {l:?}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number in {l:?}");
+        let metric = name.split('{').next().unwrap();
+        assert!(
+            text.contains(&format!("# TYPE {metric} ")),
+            "no TYPE for {metric}:\n{text}"
+        );
+    }
+    let sample = |t: &str, key: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no sample {key}:\n{t}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(sample(&text, "panda_events_total{event=\"bind_prefix\"}") >= 1);
+    assert_eq!(sample(&text, "panda_repairs_total{kind=\"route\"}"), 0);
+    let mech = mechanism(&p.status());
+    assert_eq!(
+        sample(
+            &text,
+            &format!("panda_info{{prefix=\"{PREFIX}\",mechanism=\"{mech}\"}}")
+        ),
+        1
+    );
+
+    // The same over HTTP, from inside the namespace.
+    let body = ns.in_netns(|| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9464").expect("connect metrics");
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        reply
+    });
+    assert!(body.starts_with("HTTP/1.0 200 OK\r\n"), "{body}");
+    let (_, http_text) = body.split_once("\r\n\r\n").expect("HTTP head and body");
+    assert!(sample(http_text, "panda_events_total{event=\"bind_prefix\"}") >= 1);
+    let (st, err) = p.stop();
+    assert!(st.success(), "{st}: {err}");
+}

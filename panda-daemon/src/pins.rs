@@ -97,6 +97,7 @@ impl PinDir {
     pub fn ensure(&self, bpffs: &Path) -> Result<()> {
         fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
         if !is_bpffs(bpffs)? {
+            refuse_private_mount_namespace(bpffs)?;
             mount_bpffs(bpffs)?;
         }
         fs::create_dir_all(&self.path)
@@ -187,6 +188,26 @@ pub fn is_bpffs(path: &Path) -> Result<bool> {
             .with_context(|| format!("statfs {}", path.display()));
     }
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// A bpffs mounted from a private mount namespace (a hardened systemd
+/// unit's, `unshare -m`) would vanish with that namespace when pandad
+/// exits, taking the pins, and so the hooks, with it: exactly what pinning
+/// is for. Refuse, and say how to mount it where it lasts.
+fn refuse_private_mount_namespace(at: &Path) -> Result<()> {
+    let ns = |p: &str| fs::read_link(p).ok();
+    let (ours, init) = (ns("/proc/self/ns/mnt"), ns("/proc/1/ns/mnt"));
+    if ours.is_some() && init.is_some() && ours != init {
+        anyhow::bail!(
+            "config key `bpffs`: no bpffs is mounted at {} and this pandad runs in a private \
+             mount namespace, where a mount would vanish (with the pinned links) when pandad \
+             exits. Mount it on the host first: mount -t bpf bpf {} (the systemd unit does \
+             this in ExecStartPre)",
+            at.display(),
+            at.display()
+        );
+    }
+    Ok(())
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
