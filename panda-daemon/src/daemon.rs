@@ -156,6 +156,16 @@ pub async fn run(config: Config) -> Result<()> {
         }
         Err(e) => Err(e),
     };
+    if let (Err(e), true) = (&outcome, adopted) {
+        // The predecessor's hooks are (or our swapped-in ones are) still in
+        // force: tearing them down would make binds fail for a failure of
+        // ours. Leave everything for the next attempt.
+        warn!(
+            "set-up failed while adopting the previous pandad's state: leaving it in force \
+             for the next start ({e:#})"
+        );
+        return outcome.map(|_| ());
+    }
     if let Ok(Exit::Handover) = outcome {
         info!(
             "handing over: the subnet stays in force (pinned in {}); the next pandad with \
@@ -479,10 +489,7 @@ async fn serve(
     let exit = tokio::select! {
         _ = server.serve(source) => Exit::Teardown,
         _ = async { match &metrics { Some(m) => m.serve(metrics_source).await, None => std::future::pending().await } } => Exit::Teardown,
-        r = reconciler.run() => {
-            r?;
-            Exit::Teardown
-        }
+        _ = reconciler.run() => Exit::Teardown,
         _ = signals.term.recv() => sigterm_exit(),
         _ = signals.int.recv() => {
             info!("SIGINT: tearing down");

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tracing::warn;
 
 use crate::{
@@ -112,22 +112,31 @@ impl<'a> Reconciler<'a> {
         })
     }
 
-    /// Runs until the future is dropped (pandad stopping).
-    pub async fn run(mut self) -> Result<()> {
-        let mut routes =
-            netlink::Events::subscribe().context("self-healing: route and address events")?;
-        let mut nft = firewall::Events::subscribe().context("self-healing: nftables events")?;
+    /// Runs until the future is dropped (pandad stopping); never returns.
+    pub async fn run(mut self) {
+        // Without an event source the periodic checks still repair, only
+        // later: a degraded pandad beats none.
+        let mut routes = netlink::Events::subscribe()
+            .map_err(|e| {
+                warn!("self-healing: no route/address events ({e:#}); checking every {BACKSTOP:?}")
+            })
+            .ok();
+        let mut nft = firewall::Events::subscribe()
+            .map_err(|e| {
+                warn!("self-healing: no nftables events ({e:#}); checking every {BACKSTOP:?}")
+            })
+            .ok();
         let mut fast = tokio::time::interval(FAST_TICK);
         let mut backstop = tokio::time::interval(BACKSTOP);
         fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = routes.next_burst() => {
+                _ = async { match routes.as_mut() { Some(r) => r.next_burst().await, None => std::future::pending().await } } => {
                     tracing::debug!("rtnetlink event");
                     self.check_route().await
                 }
-                _ = nft.next_burst() => {
+                _ = async { match nft.as_mut() { Some(n) => n.next_burst().await, None => std::future::pending().await } } => {
                     tracing::debug!("nf_tables event");
                     self.check_table()
                 }
