@@ -19,15 +19,36 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 }
 
 fn parse_mountinfo(info: &str) -> Option<PathBuf> {
-    info.lines().find_map(|line| {
+    mounts(info)
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.point)
+}
+
+/// One line of a mountinfo file: what [`mounts`] yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The mounted file's path inside its filesystem (`net:[4026532…]` for
+    /// a network namespace bind mount, nsfs).
+    pub root: String,
+    /// Where it is mounted, unescaped.
+    pub point: PathBuf,
+    pub fstype: String,
+}
+
+/// The mounts of a mountinfo file (`/proc/PID/mountinfo`).
+pub fn mounts(info: &str) -> impl Iterator<Item = Mount> + '_ {
+    info.lines().filter_map(|line| {
         // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER"
         let (left, right) = line.split_once(" - ")?;
         let fstype = right.split_whitespace().next()?;
-        if fstype != "cgroup2" {
-            return None;
-        }
-        let mountpoint = left.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape(mountpoint)))
+        let mut fields = left.split_whitespace().skip(3);
+        let root = unescape(fields.next()?);
+        let point = PathBuf::from(unescape(fields.next()?));
+        Some(Mount {
+            root,
+            point,
+            fstype: fstype.to_owned(),
+        })
     })
 }
 
@@ -81,6 +102,20 @@ mod tests {
         assert_eq!(
             parse_mountinfo(info),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn lists_netns_bind_mounts() {
+        let info = "612 29 0:4 net:[4026532301] /run/netns/a\\040b rw shared:310 - nsfs nsfs rw\n";
+        let m: Vec<Mount> = mounts(info).collect();
+        assert_eq!(
+            m,
+            vec![Mount {
+                root: "net:[4026532301]".into(),
+                point: PathBuf::from("/run/netns/a b"),
+                fstype: "nsfs".into(),
+            }]
         );
     }
 

@@ -282,19 +282,7 @@ pub fn remove(table: &str) -> anyhow::Result<()> {
 pub fn exists(table: &str) -> anyhow::Result<bool> {
     let what = format!("checking whether nftables table inet {table} exists");
     check_name(table).context(what.clone())?;
-    let out = Command::new(NFT)
-        .args(["-j", "list", "tables", "inet"])
-        .output()
-        .with_context(|| format!("{what}: running `{NFT} -j list tables inet`"))?;
-    if !out.status.success() {
-        bail!(
-            "{what}: `{NFT} -j list tables inet` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let listing: Nftables = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{what}: parsing the output of `{NFT} -j list tables inet`"))?;
+    let listing: Nftables = list_json(&["tables", "inet"], &what)?;
     Ok(listing.objects.iter().any(|o| {
         matches!(o, NfObject::ListObject(NfListObject::Table(t))
             if t.family == NfFamily::INet && t.name == table)
@@ -319,6 +307,32 @@ pub fn listing(table: &str) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     bail!("{what}: {} ({})", err.trim(), out.status)
+}
+
+/// The whole ruleset of this namespace, `nft -j list ruleset`, as JSON
+/// (untyped: `panda doctor` reads other tools' rules, whose expressions the
+/// typed schema may not know).
+pub fn ruleset_json() -> anyhow::Result<serde_json::Value> {
+    list_json(&["ruleset"], "listing the nftables ruleset")
+}
+
+/// `nft -j list ARGS…`, parsed; errors say `what` was being done.
+fn list_json<T: serde::de::DeserializeOwned>(args: &[&str], what: &str) -> anyhow::Result<T> {
+    let shown = format!("{NFT} -j list {}", args.join(" "));
+    let out = Command::new(NFT)
+        .args(["-j", "list"])
+        .args(args)
+        .output()
+        .with_context(|| format!("{what}: running `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "{what}: `{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{what}: parsing the output of `{shown}`"))
 }
 
 /// A subscription to nf_tables change notifications of this namespace

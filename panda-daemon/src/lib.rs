@@ -11,14 +11,25 @@
 //! | BPF programs, links and maps            | [`bpf`]      |
 //!
 //! [`daemon`] sequences them (set up in order, tear down in reverse) and
-//! [`api`] answers `panda status` over a unix socket.
+//! [`api`] answers `panda status` over a unix socket. Two CLI commands look
+//! at that state from outside pandad, and work without one: [`doctor`] and
+//! [`gc`].
 pub mod api;
 pub mod bpf;
 pub mod btf;
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
+/// `panda doctor`: what a user runs when the subnet does not work. Checks
+/// kernel support, conflicts pandad cannot repair (foreign routes, nft
+/// rules, addresses) and pandad's state against the kernel, with a fix for
+/// each problem; here so that it reuses the modules that own that state.
+pub mod doctor;
 pub mod firewall;
+/// `panda gc`: pinned links outlive their namespace; this finds instance
+/// directories whose namespace is gone and removes them, so that their
+/// programs stop running on every bind of the host.
+pub mod gc;
 pub mod netlink;
 pub mod pins;
 pub mod probe;

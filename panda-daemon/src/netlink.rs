@@ -47,6 +47,8 @@ const LO: &str = "lo";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfAddr {
     pub addr: Ipv6Addr,
+    /// The prefix length it was added with (`ip addr del` needs it).
+    pub prefix_len: u8,
     pub ifindex: u32,
     /// `IFA_F_*` flags: the full `IFA_FLAGS` attribute if the kernel sent
     /// it, else the 8-bit header field.
@@ -61,6 +63,19 @@ pub enum RouteState {
     Missing,
     /// There, but without the anchor as its source.
     NoSource,
+}
+
+/// One IPv6 route of any table, as `ip -6 route show table all` lists it
+/// (the fields `panda doctor` needs to tell pandad's routes from others).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub table: u32,
+    pub kind: RouteType,
+    pub protocol: RouteProtocol,
+    pub dst: Ipv6Addr,
+    pub dst_len: u8,
+    /// Output interface (none for e.g. `unreachable` or multipath routes).
+    pub oif: Option<u32>,
 }
 
 /// rtnetlink multicast groups whose events can mean that pandad's route or
@@ -312,6 +327,44 @@ impl Netlink {
             .with_context(what)
     }
 
+    /// Every IPv6 route of every table in this netns (`ip -6 route show
+    /// table all`).
+    pub async fn routes(&self) -> anyhow::Result<Vec<Route>> {
+        // Table 0 (RT_TABLE_UNSPEC): every table, also under strict checking.
+        let filter = RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build();
+        let mut dump = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .context("dumping the IPv6 routes of this network namespace")?
+        {
+            let h = &msg.header;
+            if h.address_family != AddressFamily::Inet6 {
+                continue;
+            }
+            // The header's table is 8 bits; RTA_TABLE holds the full id.
+            let mut route = Route {
+                table: u32::from(h.table),
+                kind: h.kind,
+                protocol: h.protocol,
+                dst: Ipv6Addr::UNSPECIFIED,
+                dst_len: h.destination_prefix_length,
+                oif: None,
+            };
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => route.dst = *d,
+                    RouteAttribute::Oif(i) => route.oif = Some(*i),
+                    RouteAttribute::Table(t) => route.table = *t,
+                    _ => {}
+                }
+            }
+            out.push(route);
+        }
+        Ok(out)
+    }
+
     /// Every IPv6 address of every interface in this netns (`ip -6 addr`),
     /// including tentative and deprecated ones (see [`IfAddr::flags`]): what
     /// an operator (or a test) checks pandad's changes against.
@@ -343,6 +396,7 @@ impl Netlink {
             if let Some(addr) = addr {
                 out.push(IfAddr {
                     addr,
+                    prefix_len: msg.header.prefix_len,
                     ifindex: msg.header.index,
                     flags,
                 });

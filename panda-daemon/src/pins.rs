@@ -243,7 +243,7 @@ fn cpath(p: &Path) -> Result<CString> {
 
 /// bpf(2) with an attribute struct of the command's own (the kernel
 /// zero-extends a short `attr`).
-fn sys_bpf<T>(cmd: u32, attr: &mut T) -> io::Result<i64> {
+pub(crate) fn sys_bpf<T>(cmd: u32, attr: &mut T) -> io::Result<i64> {
     // SAFETY: attr points to a live, initialised #[repr(C)] struct of the
     // size passed; the kernel reads (and for some commands writes) only that.
     let rc = unsafe {

@@ -17,12 +17,36 @@
 //!   `[::1]:0` must succeed, or the walk does not match this kernel.
 //!
 //! The first two bind `[::]:0`, which needs no configured address.
-use std::{fs::File, io, mem, os::fd::AsRawFd};
+use std::{
+    fs::File,
+    io, mem,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+};
 
 use anyhow::{bail, Context, Result};
 use panda_common::probe;
 
 use crate::bpf::Bpf;
+
+/// getsockopt(2) of a u64 option.
+fn getsockopt_u64(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<u64> {
+    let mut v: u64 = 0;
+    let mut len = mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: v/len describe a valid u64 buffer.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
 
 /// A throwaway AF_INET6 UDP socket, closed on drop.
 struct Socket(std::os::fd::OwnedFd);
@@ -39,22 +63,7 @@ impl Socket {
     }
 
     fn u64_opt(&self, level: i32, name: i32) -> io::Result<u64> {
-        let mut v: u64 = 0;
-        let mut len = mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: v/len describe a valid u64 buffer.
-        let r = unsafe {
-            libc::getsockopt(
-                self.0.as_raw_fd(),
-                level,
-                name,
-                (&mut v as *mut u64).cast(),
-                &mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(v)
+        getsockopt_u64(self.0.as_fd(), level, name)
     }
 
     fn cookie(&self) -> io::Result<u64> {
@@ -84,8 +93,39 @@ impl Socket {
 /// programs compare against (`SO_NETNS_COOKIE`, Linux 5.14).
 pub fn netns_cookie() -> Result<u64> {
     let s = Socket::udp6().context("creating an IPv6 socket (is IPv6 disabled?)")?;
-    s.u64_opt(libc::SOL_SOCKET, libc::SO_NETNS_COOKIE)
-        .context("reading SO_NETNS_COOKIE (needs Linux 5.14 or later)")
+    socket_netns_cookie(&s.0).context("reading SO_NETNS_COOKIE (needs Linux 5.14 or later)")
+}
+
+/// Whether bpf(2) works for this process: creates a one-entry array map
+/// (`BPF_MAP_CREATE`) and closes it. Err: the kernel's errno (EPERM: not
+/// root / no CAP_BPF, or unprivileged BPF disabled; ENOSYS: no
+/// CONFIG_BPF_SYSCALL).
+pub fn bpf_syscall() -> io::Result<()> {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    }
+    const BPF_MAP_CREATE: u32 = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let mut attr = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+    };
+    let fd = crate::pins::sys_bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: a new fd that nothing else owns; dropping it closes the map.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
+/// Cookie of the network namespace socket `fd` was created in (any socket
+/// family; `SO_NETNS_COOKIE`, Linux 5.14).
+pub fn socket_netns_cookie(fd: impl AsFd) -> io::Result<u64> {
+    getsockopt_u64(fd.as_fd(), libc::SOL_SOCKET, libc::SO_NETNS_COOKIE)
 }
 
 /// Outcome of the freebind probe.

@@ -37,7 +37,7 @@ pub struct Record {
 /// Whether `pid` is a live pandad: a process of that name that is not a
 /// zombie (a killed pandad its parent has not reaped yet is dead: its
 /// pins are what the next instance adopts).
-fn pandad_alive(pid: u32) -> bool {
+pub fn pandad_alive(pid: u32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -67,13 +67,9 @@ impl StateFile {
     /// Fails if that instance is still alive: two pandads must not share a
     /// namespace's state.
     pub fn take_over(&self) -> Result<Option<Record>> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        let Some(rec) = self.read()? else {
+            return Ok(None);
         };
-        let rec: Record = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a panda state record", self.path.display()))?;
         if rec.pid != std::process::id() && pandad_alive(rec.pid) {
             {
                 bail!(
@@ -84,6 +80,23 @@ impl StateFile {
             }
         }
         Ok(Some(rec))
+    }
+
+    /// The record as it is on disk, whoever wrote it (`panda doctor`).
+    pub fn read(&self) -> Result<Option<Record>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is not a panda state record", self.path.display()))
+    }
+
+    /// Where the record lives.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Durably replaces the record.

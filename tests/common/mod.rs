@@ -633,12 +633,23 @@ pub struct Pandad {
 /// directory and bpffs (a mount of its own, so the test's pins are private
 /// and go when [`TempDir`] unmounts it) inside the per-test directory.
 pub fn base_config(dir: &Path) -> String {
+    config_with_bpffs(dir, &dir.join("bpffs"))
+}
+
+/// [`base_config`] with the bpffs at `bpffs` (several instances sharing one,
+/// as on a real host).
+pub fn config_with_bpffs(dir: &Path, bpffs: &Path) -> String {
     format!(
         "socket = \"{}\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\n",
         dir.join("pandad.sock").display(),
         dir.join("state").display(),
-        dir.join("bpffs").display()
+        bpffs.display()
     )
+}
+
+/// Where a test's config file is written in its directory.
+pub fn config_file(dir: &Path) -> PathBuf {
+    dir.join("pandad.toml")
 }
 
 impl Pandad {
@@ -661,7 +672,7 @@ impl Pandad {
 
     /// Launches with exactly `config` (written to DIR/pandad.toml).
     pub fn launch_raw(ns: &Netns, dir: TempDir, config: &str) -> Launch {
-        let cfg = dir.path().join("pandad.toml");
+        let cfg = config_file(dir.path());
         std::fs::write(&cfg, config).expect("write config");
         Self::launch_args(ns, dir, &["--config", cfg.to_str().unwrap()])
     }
@@ -801,7 +812,7 @@ impl Pandad {
 
     /// Starts pandad again on the config a previous one left in `dir`.
     pub fn relaunch(ns: &Netns, dir: TempDir) -> Launch {
-        let cfg = dir.path().join("pandad.toml");
+        let cfg = config_file(dir.path());
         Self::launch_args(ns, dir, &["--config", cfg.to_str().unwrap()])
     }
 

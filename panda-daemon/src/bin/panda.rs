@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use panda::{api, config::Config};
+use panda::{api, config::Config, doctor, gc};
 
 /// Talk to pandad, the IPv6 loopback-subnet daemon.
 #[derive(Parser)]
@@ -12,7 +12,8 @@ struct Args {
     /// /run/panda/pandad.sock].
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Read the socket path from this pandad configuration file.
+    /// The pandad configuration file to use (its socket; doctor and gc use
+    /// its prefix, table, state_dir and bpffs too) [default: built-in defaults].
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -36,12 +37,58 @@ enum Command {
     /// uptime): for a node exporter's textfile collector, or a look by hand.
     /// The same is served over HTTP when `metrics_listen` is set.
     Metrics,
+    /// Diagnose the subnet in this network namespace: one line per check,
+    /// ok / WARN / FAIL, with a fix for every problem.
+    ///
+    /// Checks kernel support, conflicts pandad cannot repair (other routes for
+    /// the prefix, foreign nftables rules dropping loopback traffic, prefix
+    /// addresses on other interfaces) and pandad's state against the kernel.
+    /// Uses the config's prefix, table, socket, state_dir and bpffs. Exit
+    /// status: 0 when nothing FAILed (WARNs allowed), 1 when something did,
+    /// 2 for bad usage or a bad config.
+    #[command(after_long_help = doctor::HELP)]
+    Doctor {
+        /// Print the checks as a JSON array of {check, status, detail, fix}
+        /// (status: "ok", "warn" or "fail"; fix: null when nothing to do).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the pins of pandad instances whose network namespace is gone.
+    ///
+    /// Every pandad pins its BPF links under `<bpffs>/panda/<netns
+    /// cookie>-<table>/` so that they survive a crash or restart. When the
+    /// namespace itself is deleted, nothing will adopt them: their programs
+    /// stay attached at the cgroup2 root and cost every bind on the host a
+    /// few ns for nothing. A namespace counts as alive while any task is in
+    /// it, any process holds an fd of it or a socket made in it, or it is
+    /// bind-mounted (/run/netns, any mount namespace); the directory of a
+    /// live namespace is never removed. Uses the config's `bpffs`. Prints
+    /// what it removed; exit status 0.
+    Gc {
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+    // A config that does not load is bad usage, like a bad flag: exit 2.
+    let config = match args.config.as_deref().map(Config::load).transpose() {
+        Ok(c) => {
+            let mut c = c.unwrap_or_default();
+            if let Some(s) = args.socket {
+                c.socket = s;
+            }
+            c
+        }
+        Err(e) => {
+            eprintln!("panda: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args.command, &config) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("panda: {e:#}");
             ExitCode::FAILURE
@@ -49,15 +96,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let socket = match (args.socket, args.config) {
-        (Some(s), _) => s,
-        (None, Some(c)) => Config::load(&c)?.socket,
-        (None, None) => Config::default().socket,
-    };
-    match args.command {
+fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    let socket = &config.socket;
+    match command {
         Command::Status { json } => {
-            let v = api::request(&socket, "status")?;
+            let v = api::request(socket, "status")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -90,7 +133,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Metrics => print!("{}", api::request_text(&socket, "metrics")?),
+        Command::Metrics => print!("{}", api::request_text(socket, "metrics")?),
+        Command::Doctor { json } => {
+            let checks = doctor::run(config);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", doctor::render(&checks));
+            }
+            if doctor::failed(&checks) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Gc { dry_run } => print!("{}", gc::report(&gc::collect(&config.bpffs, dry_run)?)),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
