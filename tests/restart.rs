@@ -60,6 +60,15 @@ fn links_of(status: &serde_json::Value) -> Vec<InstanceLink> {
     instance_links(std::path::Path::new(dir))
 }
 
+/// SIGKILL restarts per run: 20, as the issue asks; the VM matrix
+/// (`cargo xtask vm-test`, emulated CPUs) sets fewer.
+fn restart_rounds() -> usize {
+    std::env::var("PANDA_RESTART_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
 #[test]
 fn sigkill_and_restart_20_times_never_fails_a_bind() {
     if !require_privileged() {
@@ -88,7 +97,8 @@ fn sigkill_and_restart_20_times_never_fails_a_bind() {
 
     let mut p = first;
     let mut prog_ids = vec![links.clone()];
-    for round in 1..=20 {
+    let rounds = restart_rounds();
+    for round in 1..=rounds {
         let (dir, st, _) = p.end_keep_dir(libc::SIGKILL);
         assert_eq!(st.signal(), Some(libc::SIGKILL), "round {round}");
         let seen = log.prefix_ok.load(Ordering::SeqCst);
@@ -110,7 +120,7 @@ fn sigkill_and_restart_20_times_never_fails_a_bind() {
     assert_eq!(
         failed,
         0,
-        "{failed} of {} prefix binds failed across 20 SIGKILL restarts; first: {:?}\npandad stderr:\n{}",
+        "{failed} of {} prefix binds failed across {rounds} SIGKILL restarts; first: {:?}\npandad stderr:\n{}",
         ok + failed,
         log.first_error.lock().unwrap(),
         p.stderr_text()
@@ -120,21 +130,31 @@ fn sigkill_and_restart_20_times_never_fails_a_bind() {
         0,
         "a bind outside the prefix succeeded during the restarts"
     );
-    assert!(ok >= 200, "only {ok} binds: the client did not run");
+    assert!(
+        ok >= 10 * rounds as u64,
+        "only {ok} binds: the client did not run"
+    );
 
-    // Nothing duplicated: the same links (adopted in place, each with the
-    // program of the instance of its round), the same rules, one route.
+    // Nothing duplicated: the same cgroup links (adopted in place, each
+    // with the program of the instance of its round), one LSM link where
+    // there is one (a tracing link cannot be updated: each instance
+    // replaces it), the same rules, the same routes.
     let last = links_of(&p.status());
-    let ids = |l: &[InstanceLink]| {
+    let cgroup_ids = |l: &[InstanceLink]| {
         l.iter()
+            .filter(|l| l.prog != "socket_bind")
             .map(|l| (l.prog.clone(), l.link_id))
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        ids(&last),
-        ids(&links),
-        "links were re-created or duplicated"
+        cgroup_ids(&last),
+        cgroup_ids(&links),
+        "cgroup links were re-created or duplicated"
     );
+    for prog in ["bind6", "sendmsg6", "socket_bind"] {
+        let n = last.iter().filter(|l| l.prog == prog).count();
+        assert!(n <= 1, "{n} {prog} links after the restarts: {last:?}");
+    }
     let mut progs: Vec<u32> = prog_ids
         .iter()
         .flat_map(|l| l.iter().filter(|l| l.prog == "bind6").map(|l| l.prog_id))
@@ -142,7 +162,7 @@ fn sigkill_and_restart_20_times_never_fails_a_bind() {
     progs.dedup();
     assert_eq!(
         progs.len(),
-        21,
+        rounds + 1,
         "each instance swaps its own program in: {progs:?}"
     );
     assert_eq!(
@@ -158,7 +178,7 @@ fn sigkill_and_restart_20_times_never_fails_a_bind() {
 
     let (st, err) = p.stop();
     assert!(st.success(), "{st}: {err}");
-    assert_same(&before, &ns.snapshot(), "after 20 restarts and a stop");
+    assert_same(&before, &ns.snapshot(), "after the restarts and a stop");
 }
 
 #[test]

@@ -202,7 +202,12 @@ impl Suite {
                 .with_context(|| format!("the modules the suite needs from {label}"))?,
             None => Vec::new(),
         };
-        let mut env = vec![("PANDA_REQUIRE_PRIVILEGED".to_string(), "1".to_string())];
+        let mut env = vec![
+            ("PANDA_REQUIRE_PRIVILEGED".to_string(), "1".to_string()),
+            // Under TCG a pandad start takes seconds: 5 SIGKILL restarts show
+            // the kernel's pin/link-update semantics; the host run does 20.
+            ("PANDA_RESTART_ROUNDS".to_string(), "5".to_string()),
+        ];
         env.extend(
             extra_env
                 .iter()
