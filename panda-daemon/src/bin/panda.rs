@@ -22,12 +22,15 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the prefix, the mechanism in force, readiness and counters.
+    /// Show the prefix, the mechanism in force, uptime, counters and repairs.
     ///
     /// mechanism is `freebind` (the kernel sets IPV6_FREEBIND for prefix binds)
     /// or `guard` (ip_nonlocal_bind=1 plus BPF restoring strictness outside the
     /// prefix). `hookless` says whether raw/ping sockets, which skip the cgroup
-    /// hooks, are held to the same rules.
+    /// hooks, are held to the same rules. `pins` is where the BPF links are
+    /// pinned, and whether this pandad adopted them from its predecessor.
+    /// The counters come from the BPF programs (kept across restarts);
+    /// `repairs` counts what pandad put back since it started.
     Status {
         /// Print JSON (stable field names, for scripts).
         #[arg(long)]

@@ -11,9 +11,15 @@ use panda::config::Config;
 /// It adds a `local` route for the prefix on `lo` (plus an anchor address),
 /// an nftables table that keeps the prefix on `lo`, and BPF programs that let
 /// bind() succeed on every address of the prefix while binds elsewhere stay
-/// as strict as the kernel makes them. It signals readiness with sd_notify
-/// and undoes everything on SIGTERM or SIGINT. Needs root (CAP_BPF,
-/// CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON).
+/// as strict as the kernel makes them. It signals readiness with sd_notify.
+///
+/// Ending it: SIGTERM or SIGINT undoes everything (a stop). SIGUSR2, or
+/// SIGTERM while systemd is restarting the unit, exits leaving everything in
+/// force, its BPF links pinned on bpffs, for the next pandad to adopt (a
+/// hand-over: no bind fails in between). A crash leaves the same. While it
+/// runs, pandad repairs its route, anchor, nftables table, sysctl and links
+/// if anything removes or changes them. Needs root (CAP_BPF, CAP_NET_ADMIN,
+/// CAP_SYS_ADMIN, CAP_PERFMON).
 #[derive(Parser)]
 #[command(name = "pandad", version, about, long_about)]
 struct Args {
