@@ -20,7 +20,7 @@ const BPF_CGROUP_INET6_BIND: u32 = 9;
 /// The attached program; detached on drop.
 pub struct EmptyBind6 {
     _link: OwnedFd,
-    _prog: OwnedFd,
+    prog: OwnedFd,
 }
 
 #[repr(C)]
@@ -81,10 +81,13 @@ impl EmptyBind6 {
             ..Default::default()
         };
         let link = bpf(BPF_LINK_CREATE, &link).context("attaching the empty bind6 program")?;
-        Ok(EmptyBind6 {
-            _link: link,
-            _prog: prog,
-        })
+        Ok(EmptyBind6 { _link: link, prog })
+    }
+
+    /// The program's kernel id (for its BPF statistics).
+    pub fn prog_id(&self) -> Result<u32> {
+        crate::procfs::bpf_prog_id(std::process::id(), &self.prog.as_raw_fd().to_string())
+            .context("no prog_id in the empty program's fdinfo")
     }
 }
 

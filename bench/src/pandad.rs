@@ -273,16 +273,7 @@ fn held_prog_ids(pid: u32) -> Result<Vec<u32>> {
         if target.to_string_lossy() != "anon_inode:bpf-prog" {
             continue;
         }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            e.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        if let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("prog_id:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
+        if let Some(id) = crate::procfs::bpf_prog_id(pid, &e.file_name().to_string_lossy()) {
             ids.push(id);
         }
     }

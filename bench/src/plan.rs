@@ -9,7 +9,10 @@ pub struct Plan {
     pub repeats: usize,
     /// Case 1: socket+bind+listen+close operations per batch, and batches
     /// per variant and repeat (the phases alternate between batches; a
-    /// repeat's figure is the median of its batches).
+    /// repeat's figure is the median of its batches). Small batches and many
+    /// rounds: the machine's load drifts (other work on two cores), and a
+    /// variant's batches then sample it at more moments, close to the
+    /// other variants' batches.
     pub hook_batch: u32,
     pub hook_rounds: usize,
     /// Cases 2 and 3: numbers of addresses.
@@ -38,8 +41,8 @@ impl Plan {
         if quick {
             Plan {
                 repeats: 3,
-                hook_batch: 5_000,
-                hook_rounds: 6,
+                hook_batch: 2_500,
+                hook_rounds: 12,
                 sizes: vec![1_000, 10_000],
                 churn: Duration::from_secs(1),
                 idle: Duration::from_secs(3),
@@ -50,8 +53,8 @@ impl Plan {
         } else {
             Plan {
                 repeats: 5,
-                hook_batch: 10_000,
-                hook_rounds: 10,
+                hook_batch: 5_000,
+                hook_rounds: 20,
                 sizes: vec![1_000, 10_000, 100_000],
                 churn: Duration::from_secs(5),
                 idle: Duration::from_secs(10),

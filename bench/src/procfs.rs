@@ -18,6 +18,16 @@ pub fn meminfo() -> Result<HashMap<String, u64>> {
         .collect())
 }
 
+/// The id of the BPF program behind descriptor `fd` of process `pid` (the
+/// `prog_id:` line of its fdinfo), if it is one.
+pub fn bpf_prog_id(pid: u32, fd: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Kernel slab memory, total and unreclaimable, in kB.
 #[derive(Clone, Copy, Debug)]
 pub struct Slab {

@@ -56,6 +56,10 @@ pub struct Hook {
     /// be those of other pandads only) and the guard phases (ours + those).
     pub bind6_programs_without_pandad: Vec<u32>,
     pub bind6_programs_with_pandad: Vec<u32>,
+    /// Batches timed again because another pandad's bind6 program came or
+    /// went while they ran.
+    #[serde(default)]
+    pub batches_retaken: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,6 +82,10 @@ pub struct BpfRunTime {
     pub variant: String,
     pub ns_per_run: Vec<f64>,
     pub runs: Vec<u64>,
+    /// The empty bind6 program's ns per run over the same binds: what the
+    /// statistics report for a program that does nothing.
+    #[serde(default)]
+    pub empty_ns_per_run: Vec<f64>,
 }
 
 /// Case 2: N listeners on one port.

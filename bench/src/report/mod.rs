@@ -239,29 +239,42 @@ fn hook(o: &mut String, h: &Hook) {
         o,
         "\nThe programs' own run time (kernel BPF statistics, `BPF_ENABLE_STATS`, \
          run_time_ns / run_cnt of the `bind6` program of the suite's pandad, in a \
-         separate pass: statistics cost two clock reads per run):\n"
+         separate pass). The statistics themselves cost two clock reads per run, which \
+         they count as the program's: the empty program, attached for the same binds, \
+         shows that share, and bind6's own time is the difference (per repeat):\n"
     );
     let _ = writeln!(
         o,
-        "| path | ns per run | runs per sample | share of the operation |"
+        "| path | ns per run | empty program, same binds | bind6's own (difference) | runs per sample | own share of the operation |"
     );
-    let _ = writeln!(o, "|---|---|---|---|");
+    let _ = writeln!(o, "|---|---|---|---|---|---|");
     for b in &h.bpf {
         let s = Summary::of(&b.ns_per_run);
+        let e = Summary::of(&b.empty_ns_per_run);
+        let own: Vec<f64> = b
+            .ns_per_run
+            .iter()
+            .zip(&b.empty_ns_per_run)
+            .map(|(x, y)| x - y)
+            .collect();
+        let own = Summary::of(&own);
         let runs = Summary::of(&b.runs.iter().map(|&x| x as f64).collect::<Vec<_>>());
         let share = find(&b.variant)
+            .filter(|_| own.n > 0)
             .map(|v| {
                 format!(
                     "{:.1} %",
-                    100.0 * s.median / (1000.0 * Summary::of(&v.us_per_op).median)
+                    100.0 * own.median / (1000.0 * Summary::of(&v.us_per_op).median)
                 )
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| "—".into());
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             b.label,
             fmt_spread(&s, 0),
+            fmt_spread(&e, 0),
+            fmt_spread(&own, 0),
             thousands(runs.median),
             share
         );
@@ -278,6 +291,14 @@ fn hook(o: &mut String, h: &Hook) {
         } else {
             ""
         }
+    );
+    let _ = writeln!(
+        o,
+        "Each batch ran with only the suite's own programs in effect: it waited while \
+         other pandads' programs (tests, say) were attached, and was timed again when \
+         one came or went during it ({} batch{} retaken in this run).",
+        h.batches_retaken,
+        if h.batches_retaken == 1 { "" } else { "es" }
     );
 }
 
@@ -358,7 +379,45 @@ fn scale(o: &mut String, s: &Scale) {
             if g.median <= 1.1 { "met" } else { "not met" },
             k.median
         );
+        if let Some(added) = panda_added(s) {
+            let _ = writeln!(o, "{added}");
+        }
     }
+}
+
+/// The part of case 2's growth that panda controls, in the same run: panda
+/// guard's growth over the no-program growth (paired by repeat), and what
+/// panda adds per bind (guard − no program, per repeat) at the smallest and
+/// the largest N.
+fn panda_added(s: &Scale) -> Option<String> {
+    let v = |key: &str| s.variants.iter().find(|v| v.key == key);
+    let (g, k) = (v("guard")?, v("none")?);
+    let (g0, g1) = (&g.points.first()?.mean_us, &g.points.last()?.mean_us);
+    let (k0, k1) = (&k.points.first()?.mean_us, &k.points.last()?.mean_us);
+    let (n0, n1) = (g.points.first()?.n, g.points.last()?.n);
+    let relative: Vec<f64> = paired_ratios(&paired_ratios(g1, g0), &paired_ratios(k1, k0));
+    let added = |gs: &[f64], ks: &[f64]| {
+        let ns: Vec<f64> = gs.iter().zip(ks).map(|(a, b)| 1000.0 * (a - b)).collect();
+        Summary::of(&ns)
+    };
+    let (a0, a1) = (added(g0, k0), added(g1, k1));
+    let added_ratio = if a0.median > 0.0 && a1.median > 0.0 {
+        format!("{:.2}× of the medians", a1.median / a0.median)
+    } else {
+        "no ratio: a median is not above zero".into()
+    };
+    Some(format!(
+        "The kernel's own growth is the no-program rows'; the part panda controls is its \
+         growth relative to the kernel's, in the same run: panda guard's growth ÷ the \
+         no-program growth, N = {n1} against {n0}, paired by repeat, is {}. What panda \
+         adds per bind (guard − no program, same repeat): {} ns at N = {n0} and {} ns at \
+         N = {n1} ({added_ratio}).",
+        ratio_text(&Summary::of(&relative)),
+        fmt_spread(&a0, 0),
+        fmt_spread(&a1, 0),
+        n1 = thousands(n1 as f64),
+        n0 = thousands(n0 as f64),
+    ))
 }
 
 // ----------------------------------------------------------------------------
