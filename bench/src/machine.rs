@@ -1,11 +1,17 @@
 //! The machine and kernel a run measured, stated with every result, and the
 //! cgroup bind programs that run on the benchmark's own binds.
 
-use std::{ffi::CStr, fs::File, os::fd::AsRawFd, path::PathBuf};
+use std::{
+    ffi::CStr,
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::results::Machine;
+use crate::{interrupt, results::Machine};
 
 pub fn describe() -> Result<Machine> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -57,6 +63,42 @@ pub fn loadavg() -> String {
 /// Programs attached at the cgroup2 root by *other* pandads (tests run
 /// concurrently by others) run on our binds too, even in our namespaces:
 /// the report states how many there were.
+/// How long [`with_only_programs`] waits for other pandads' programs to go
+/// away, and how often it looks.
+const FOREIGN_WAIT: Duration = Duration::from_secs(300);
+const FOREIGN_POLL: Duration = Duration::from_millis(50);
+
+/// Runs `sample` while exactly `programs` cgroup/bind6 programs are in
+/// effect for our binds (the phase's own: 0, or 1). Other pandads on the
+/// host (tests, say) attach at the cgroup2 root too, and theirs would run on
+/// our binds: this waits until none is in effect, and runs `sample` again
+/// when the count changed while it ran. Returns its result and how many
+/// times it had to be taken again.
+pub fn with_only_programs<T>(
+    programs: u32,
+    mut sample: impl FnMut() -> Result<T>,
+) -> Result<(T, u32)> {
+    let deadline = Instant::now() + FOREIGN_WAIT;
+    let mut retaken = 0;
+    loop {
+        while effective_bind6_programs()? != programs {
+            interrupt::check()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "cgroup/bind6 programs other than the suite's stayed in effect for \
+                     {FOREIGN_WAIT:?} (another pandad on this host?): no clean sample"
+                );
+            }
+            std::thread::sleep(FOREIGN_POLL);
+        }
+        let t = sample()?;
+        if effective_bind6_programs()? == programs {
+            return Ok((t, retaken));
+        }
+        retaken += 1;
+    }
+}
+
 pub fn effective_bind6_programs() -> Result<u32> {
     const BPF_PROG_QUERY: libc::c_long = 16;
     const BPF_CGROUP_INET6_BIND: u32 = 9;

@@ -94,6 +94,10 @@ pub struct Scale {
     pub port: u16,
     pub per_process: u32,
     pub variants: Vec<ScaleVariant>,
+    /// Fills taken again because another pandad's bind6 program came or
+    /// went while they ran.
+    #[serde(default)]
+    pub fills_retaken: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

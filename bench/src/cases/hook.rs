@@ -26,10 +26,7 @@
 //! from a separate pass with BPF statistics on, with the empty program
 //! attached alongside to show what the statistics themselves add per run.
 
-use std::{
-    net::Ipv6Addr,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv6Addr, time::Duration};
 
 use anyhow::{bail, Result};
 
@@ -57,10 +54,6 @@ const WARMUP: u32 = 500;
 /// maps, an nftables table) in deferred work that would otherwise run
 /// during, and be charged to, the first batch.
 const SETTLE: Duration = Duration::from_millis(100);
-/// How long a batch waits for other pandads' programs to go away, and how
-/// often it looks (see [`clean_batch`]).
-const FOREIGN_WAIT: Duration = Duration::from_secs(300);
-const FOREIGN_POLL: Duration = Duration::from_millis(50);
 
 /// Which addresses a batch binds.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -402,30 +395,12 @@ fn freebind(at: &Round, c: &mut Collected) -> Result<()> {
     Ok(())
 }
 
-/// [`time_ops`] for a batch that must run with exactly `programs` cgroup/bind6
-/// programs in effect (the phase's own: 0, or 1). Other pandads on the host
-/// (tests, say) attach at the cgroup2 root too, and theirs would run on our
-/// binds: a batch waits until none is in effect, and is timed again when
-/// the count changed while it ran (counted in the report).
+/// [`time_ops`] with only the phase's own `programs` in effect (see
+/// [`machine::with_only_programs`]); retakes are counted for the report.
 fn clean_batch(at: &Round, c: &mut Collected, target: Target, programs: u32) -> Result<(f64, f64)> {
-    let deadline = Instant::now() + FOREIGN_WAIT;
-    loop {
-        while machine::effective_bind6_programs()? != programs {
-            interrupt::check()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "cgroup/bind6 programs other than the suite's stayed in effect for \
-                     {FOREIGN_WAIT:?} (another pandad on this host?): no clean batch"
-                );
-            }
-            std::thread::sleep(FOREIGN_POLL);
-        }
-        let t = time_ops(at.ns, target, at.ops)?;
-        if machine::effective_bind6_programs()? == programs {
-            return Ok(t);
-        }
-        c.retaken += 1;
-    }
+    let (t, retaken) = machine::with_only_programs(programs, || time_ops(at.ns, target, at.ops))?;
+    c.retaken += retaken;
+    Ok(t)
 }
 
 /// Times `ops` socket+bind+listen+close in `ns` (after a short untimed

@@ -9,7 +9,8 @@
 //! the port fills up? Three variants say whether any growth is panda's or
 //! the kernel's: prefix addresses with pandad (guard) running; the same
 //! with no program (route + ip_nonlocal_bind=1, no pandad running); IPv4
-//! 127/8 with no program.
+//! 127/8 with no program. A fill counts only if no other pandad's program
+//! was in effect while it ran (see [`machine::with_only_programs`]).
 
 use std::{
     io::{BufRead, BufReader},
@@ -21,7 +22,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{progress, Ctx, KernelOnlySubnet};
 use crate::{
-    interrupt,
+    interrupt, machine,
     netns::Netns,
     pandad::Pandad,
     plan::interleave,
@@ -58,6 +59,7 @@ pub fn run(ctx: &Ctx) -> Result<Scale> {
         .map(|_| (0..sizes.len()).map(|_| Vec::new()).collect())
         .collect();
     let order: Vec<(usize, u32)> = sizes.iter().copied().enumerate().collect();
+    let mut retaken = 0;
     // Repeat 0 is a warm-up at the smallest N: not recorded.
     for r in 0..=ctx.plan.repeats {
         let record = r > 0;
@@ -72,7 +74,7 @@ pub fn run(ctx: &Ctx) -> Result<Scale> {
                 Phase::Guard => {
                     let pandad = Pandad::start(&ctx.pandad, &ns, "guard")?;
                     for (i, n) in interleave(&sizes_now, r) {
-                        let f = fill_median(ctx, &ns, Family::Prefix, n)?;
+                        let f = fill_median(ctx, &ns, Family::Prefix, n, 1, &mut retaken)?;
                         if record {
                             fills[0][i].push(f);
                         }
@@ -83,7 +85,7 @@ pub fn run(ctx: &Ctx) -> Result<Scale> {
                     let _subnet = KernelOnlySubnet::apply(&ns)?;
                     for (i, n) in interleave(&sizes_now, r) {
                         for (v, family) in [(1, Family::Prefix), (2, Family::V4)] {
-                            let f = fill_median(ctx, &ns, family, n)?;
+                            let f = fill_median(ctx, &ns, family, n, 0, &mut retaken)?;
                             if record {
                                 fills[v][i].push(f);
                             }
@@ -119,6 +121,7 @@ pub fn run(ctx: &Ctx) -> Result<Scale> {
         port: PORT,
         per_process: PER_PROCESS,
         variants,
+        fills_retaken: retaken,
     })
 }
 
@@ -144,12 +147,24 @@ struct Fill {
 }
 
 /// [`fill`] repeated until at least [`MIN_BINDS`] binds were timed (at
-/// most 5 times); the median of each figure.
-fn fill_median(ctx: &Ctx, ns: &Netns, family: Family, n: u32) -> Result<Fill> {
+/// most 5 times); the median of each figure. Each fill runs with only the
+/// phase's own `programs` in effect ([`machine::with_only_programs`]; its
+/// retakes are added to `retaken`).
+fn fill_median(
+    ctx: &Ctx,
+    ns: &Netns,
+    family: Family,
+    n: u32,
+    programs: u32,
+    retaken: &mut u32,
+) -> Result<Fill> {
     let times = MIN_BINDS.div_ceil(n).clamp(1, 5);
-    let fills: Vec<Fill> = (0..times)
-        .map(|_| fill(ctx, ns, family, n))
-        .collect::<Result<_>>()?;
+    let mut fills = Vec::new();
+    for _ in 0..times {
+        let (f, again) = machine::with_only_programs(programs, || fill(ctx, ns, family, n))?;
+        *retaken += again;
+        fills.push(f);
+    }
     let median = |f: fn(&Fill) -> f64| Summary::of(&fills.iter().map(f).collect::<Vec<_>>()).median;
     Ok(Fill {
         mean_us: median(|f| f.mean_us),

@@ -296,7 +296,7 @@ fn hook(o: &mut String, h: &Hook) {
         o,
         "Each batch ran with only the suite's own programs in effect: it waited while \
          other pandads' programs (tests, say) were attached, and was timed again when \
-         one came or went during it ({} batch{} retaken in this run).",
+         their count changed during it ({} batch{} retaken in this run).",
         h.batches_retaken,
         if h.batches_retaken == 1 { "" } else { "es" }
     );
@@ -382,6 +382,13 @@ fn scale(o: &mut String, s: &Scale) {
         if let Some(added) = panda_added(s) {
             let _ = writeln!(o, "{added}");
         }
+        let _ = writeln!(
+            o,
+            "Each fill ran with only the suite's own programs in effect (as in case 1; \
+             {} fill{} retaken in this run).",
+            s.fills_retaken,
+            if s.fills_retaken == 1 { "" } else { "s" }
+        );
     }
 }
 
