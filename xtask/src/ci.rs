@@ -6,15 +6,21 @@ use anyhow::Result;
 use crate::{bench, cmd, host, testing, vm};
 
 /// Tests on the host kernel, then the kernel matrix under QEMU (Debian 6.1
-/// and 6.12, and the patched 6.12 that runs the freebind mechanism), then the
+/// and 6.12, and the patched 6.12 that runs the freebind mechanism; release
+/// builds), then the
 /// quick benchmark (its figures are not asserted; a crash or a missing case
 /// fails it), then formatting (both workspaces) and clippy with warnings as
 /// errors; stops at the first failure.
 pub fn ci() -> Result<()> {
     let totals = testing::test(&[])?;
+    // Release builds in the guests: under TCG a debug pandad takes ~10 s to
+    // start (BTF parsing, probes), and the suite starts it a hundred times.
     vm::patched::vm_test_with_patched(
         &["6.1".to_string(), "6.12".to_string()],
-        &vm::Options::default(),
+        &vm::Options {
+            release: true,
+            ..vm::Options::default()
+        },
     )?;
     bench::bench(true)?;
     cmd::run(host::cargo().args(["fmt", "--all", "--", "--check"]))?;
