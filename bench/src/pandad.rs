@@ -64,9 +64,12 @@ impl Pandad {
         std::fs::write(
             &config,
             format!(
-                "socket = \"{}\"\nstate_dir = \"{}\"\nmechanism = \"{mechanism}\"\n",
+                "socket = \"{}\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\nmechanism = \"{mechanism}\"\n",
                 dir.path().join("pandad.sock").display(),
-                dir.path().join("state").display()
+                dir.path().join("state").display(),
+                // A bpffs of its own, never the host's: its pins go when
+                // the directory is removed (unmounted first).
+                dir.path().join("bpffs").display()
             ),
         )?;
         let notify_path = dir.path().join("notify.sock");
@@ -157,6 +160,19 @@ impl Pandad {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Where this pandad pinned its links: the one instance directory on
+    /// its private bpffs.
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        let root = self.dir.path().join("bpffs").join("panda");
+        let mut dirs = std::fs::read_dir(&root)
+            .with_context(|| format!("reading {}", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()));
+        match (dirs.next(), dirs.next()) {
+            (Some(d), None) => Ok(d),
+            _ => bail!("not exactly one instance directory in {}", root.display()),
+        }
     }
 
     /// What pandad wrote to stderr so far.

@@ -21,6 +21,8 @@ pub struct Plan {
     pub churn: Duration,
     /// Case 5: how long pandad is left idle while its CPU time is counted.
     pub idle: Duration,
+    /// Case 5: tamperings per kind for the repair latency.
+    pub repair_repeats: usize,
     /// Case 3: longest wait for kernel memory to settle after a namespace
     /// with many addresses is deleted (its cleanup is asynchronous).
     pub settle_max: Duration,
@@ -46,6 +48,7 @@ impl Plan {
                 sizes: vec![1_000, 10_000],
                 churn: Duration::from_secs(1),
                 idle: Duration::from_secs(3),
+                repair_repeats: 5,
                 settle_max: Duration::from_secs(3),
                 setup_cap: Duration::from_secs(30),
                 setup_once_from: 50_000,
@@ -58,6 +61,7 @@ impl Plan {
                 sizes: vec![1_000, 10_000, 100_000],
                 churn: Duration::from_secs(5),
                 idle: Duration::from_secs(10),
+                repair_repeats: 30,
                 settle_max: Duration::from_secs(30),
                 setup_cap: Duration::from_secs(60),
                 setup_once_from: 50_000,

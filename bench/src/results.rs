@@ -184,6 +184,17 @@ pub struct Daemon {
     /// On-CPU time of all threads (schedstat) over the idle window, ms.
     pub idle_sched_ms: Vec<f64>,
     pub stop_s: Vec<f64>,
-    /// Repair latency after tampering: why it is not measured.
-    pub repair: String,
+    /// Repair latency, per kind of tampering.
+    pub repair: Vec<Repair>,
+}
+
+/// Case 5: how long the self-healing took to repair one kind of tampering.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Repair {
+    /// `route`, `anchor`, `table`, `sysctl`, `link_bind6`.
+    pub kind: String,
+    /// Damage (as the kernel reports it) to repair, ms, one per tampering.
+    pub samples_ms: Vec<f64>,
+    /// `repaired KIND:` lines pandad logged (one per repair expected).
+    pub warn_lines: usize,
 }

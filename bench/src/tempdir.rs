@@ -35,8 +35,28 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        remove_tree(&self.0);
     }
+}
+
+/// Unmounts what is mounted below `dir` (pandad's bpffs: unmounting drops
+/// its pins, so nothing of a benchmark stays attached), then removes it.
+fn remove_tree(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Removes the directories of earlier panda-bench processes that are gone.
@@ -48,7 +68,7 @@ pub fn sweep_stale() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(rest) = name.strip_prefix(PREFIX) {
             if pid_is_dead(rest) {
-                let _ = std::fs::remove_dir_all(e.path());
+                remove_tree(&e.path());
             }
         }
     }

@@ -45,7 +45,27 @@ pub struct Bpf {
     /// the LSM program (and guard mode's offsets) need it.
     kernel_btf: Option<Btf>,
     /// The hooks this instance holds, by program name (also the pin name).
-    links: BTreeMap<&'static str, Link>,
+    links: BTreeMap<&'static str, Held>,
+}
+
+/// A hook in force: its link, and what [`Bpf::check`] compares it with
+/// (kept here so that the self-healing's 20-a-second check costs two
+/// syscalls per hook: link info and a stat of the pin).
+#[derive(Debug)]
+struct Held {
+    link: Link,
+    /// The program we put in the link (0 for the LSM link, whose program
+    /// cannot be swapped by anyone).
+    prog_id: u32,
+    /// Inode of the pin as we made it: a pin replaced or removed by anyone
+    /// else has another (or none).
+    pin_ino: u64,
+}
+
+/// The inode of a pin, None when nothing is pinned there.
+fn pin_inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 /// What [`Bpf::install`] found for a hook.
@@ -170,7 +190,7 @@ impl Bpf {
             let link = self.attach_lsm_pinned(name, &tmp)?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("moving the pin {} into place", path.display()))?;
-            self.links.insert(name, link);
+            self.hold(name, link, 0, &path);
             return Ok(if prev.is_some() {
                 Installed::Adopted
             } else {
@@ -180,13 +200,14 @@ impl Bpf {
         let attach_type = cgroup_attach_type(name)?;
         let cgroup_id = pins::cgroup_id(cgroup)?;
         let prog = self.sock_addr(name)?;
+        let prog_id = prog.info()?.id();
         let prog_fd = prog.fd()?.as_fd();
         if let Some(link) = prev {
             let info = link.info()?;
             if info.link_type == pins::LINK_TYPE_CGROUP && info.cgroup_id == cgroup_id {
                 link.update(prog_fd)
                     .with_context(|| format!("swapping program {name} into the pinned link"))?;
-                self.links.insert(name, link);
+                self.hold(name, link, prog_id, &path);
                 return Ok(Installed::Adopted);
             }
             // Detached, or on another cgroup: a new link replaces the pin;
@@ -197,8 +218,20 @@ impl Bpf {
         let link = Link::create_cgroup(prog_fd, dir.as_fd(), attach_type)
             .with_context(|| format!("attaching BPF program {name} to {}", cgroup.display()))?;
         link.pin_replacing(&path)?;
-        self.links.insert(name, link);
+        self.hold(name, link, prog_id, &path);
         Ok(Installed::Attached)
+    }
+
+    fn hold(&mut self, name: &'static str, link: Link, prog_id: u32, pin: &Path) {
+        let pin_ino = pin_inode(pin).unwrap_or(0);
+        self.links.insert(
+            name,
+            Held {
+                link,
+                prog_id,
+                pin_ino,
+            },
+        );
     }
 
     /// Drops hook `name` and its pin (a program this instance does not use,
@@ -219,22 +252,22 @@ impl Bpf {
 
     /// Whether hook `name` is still as [`Bpf::install`] left it.
     pub fn check(&mut self, name: &'static str, cgroup_id: u64, pins: &PinDir) -> Result<Health> {
-        let Some(link) = self.links.get(name) else {
+        let Some(held) = self.links.get(name) else {
             bail!("hook {name} is not held");
         };
-        let info = link.info()?;
         if name != LSM_PROGRAM {
+            let info = held.link.info()?;
             if info.cgroup_id != cgroup_id {
                 return Ok(Health::Detached);
             }
-            let ours = self.sock_addr(name)?.info()?.id();
-            if info.prog_id != ours {
+            if info.prog_id != held.prog_id {
                 return Ok(Health::WrongProgram);
             }
         }
-        match Link::open_pinned(&pins.entry(name))? {
-            Some(p) if p.info()?.id == info.id => Ok(Health::Ok),
-            _ => Ok(Health::Unpinned),
+        if pin_inode(&pins.entry(name)) == Some(held.pin_ino) {
+            Ok(Health::Ok)
+        } else {
+            Ok(Health::Unpinned)
         }
     }
 
@@ -251,7 +284,14 @@ impl Bpf {
             Health::Unpinned => {
                 std::fs::create_dir_all(pins.path())
                     .with_context(|| format!("creating {}", pins.path().display()))?;
-                self.links[name].pin_replacing(&pins.entry(name))
+                let path = pins.entry(name);
+                let held = self
+                    .links
+                    .get_mut(name)
+                    .ok_or_else(|| anyhow!("hook {name} is not held"))?;
+                held.link.pin_replacing(&path)?;
+                held.pin_ino = pin_inode(&path).unwrap_or(0);
+                Ok(())
             }
             Health::Detached | Health::WrongProgram => {
                 if health == Health::Detached {

@@ -402,17 +402,19 @@ impl Events {
         Ok(Events { fd })
     }
 
-    /// Waits for the next notification, then drains every one queued (an
-    /// overrun, ENOBUFS, counts as a notification too).
-    pub async fn next_burst(&mut self) {
+    /// Waits for notifications that concern table `inet <table>`, drains
+    /// every one queued, and says what they did to it. Changes to other
+    /// tables are read and ignored. An overrun (ENOBUFS: notifications were
+    /// lost) counts as a change of ours.
+    pub async fn next_change(&mut self, table: &str) -> Change {
         use std::os::fd::AsRawFd;
-        let mut buf = [0u8; 8192];
+        let mut buf = vec![0u8; 1 << 16];
+        let mut change = Change::default();
         loop {
             let Ok(mut guard) = self.fd.readable().await else {
                 std::future::pending::<()>().await;
-                return;
+                return change;
             };
-            let mut got = false;
             loop {
                 // SAFETY: buf is a valid writable buffer of its length.
                 let n = unsafe {
@@ -424,25 +426,81 @@ impl Events {
                     )
                 };
                 if n >= 0 {
-                    got = true;
+                    change.absorb(&buf[..n as usize], table);
                     continue;
                 }
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
+                match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EAGAIN) => break,
                     Some(libc::EINTR) => continue,
                     _ => {
-                        got = true; // ENOBUFS: events were lost; look anyway
+                        change.touched = true;
                         break;
                     }
                 }
             }
             guard.clear_ready();
-            if got {
-                return;
+            if change.touched {
+                return change;
             }
         }
     }
+}
+
+/// What a burst of nf_tables notifications did to pandad's table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Something in the table (or the table itself) changed, or may have.
+    pub touched: bool,
+    /// The table was deleted (`nft flush ruleset`, `nft delete table`):
+    /// no need to list it to know it must be re-installed.
+    pub deleted: bool,
+}
+
+impl Change {
+    /// Reads the netlink messages in `buf`: nfnetlink messages of the
+    /// nf_tables subsystem (type `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_*`)
+    /// start with a `nfgenmsg` (family first) and carry the table's name
+    /// as attribute 1 (`NFTA_TABLE_NAME`, `NFTA_CHAIN_TABLE`,
+    /// `NFTA_RULE_TABLE`, `NFTA_SET_TABLE`, `NFTA_SET_ELEM_LIST_TABLE`).
+    fn absorb(&mut self, mut buf: &[u8], table: &str) {
+        const NFNL_SUBSYS_NFTABLES: u16 = 10;
+        const NFT_MSG_DELTABLE: u16 = 2;
+        const NFPROTO_INET: u8 = 1;
+        while buf.len() >= 16 {
+            let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len < 16 || len > buf.len() {
+                return;
+            }
+            let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+            let body = &buf[16..len];
+            if ty >> 8 == NFNL_SUBSYS_NFTABLES
+                && body.first() == Some(&NFPROTO_INET)
+                && attr(body.get(4..).unwrap_or(&[]), 1) == Some(table.as_bytes())
+            {
+                self.touched = true;
+                self.deleted |= ty & 0xff == NFT_MSG_DELTABLE;
+            }
+            buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+    }
+}
+
+/// The value of netlink attribute `want` among `attrs`, without the NUL
+/// of a string.
+fn attr(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == want {
+            let v = &attrs[4..len];
+            return Some(v.strip_suffix(&[0]).unwrap_or(v));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -457,6 +515,51 @@ mod tests {
         let out = Command::new(NFT).args(args).output().expect("running nft");
         assert!(out.status.success(), "nft {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An nf_tables notification as the kernel sends it: nlmsghdr,
+    /// nfgenmsg, then one string attribute (type 1: the table's name).
+    fn notification(msg: u16, family: u8, table: &str) -> Vec<u8> {
+        let mut name = table.as_bytes().to_vec();
+        name.push(0);
+        let alen = 4 + name.len();
+        let mut attr = (alen as u16).to_ne_bytes().to_vec();
+        attr.extend(1u16.to_ne_bytes());
+        attr.extend(&name);
+        attr.resize((alen + 3) & !3, 0);
+        let len = 16 + 4 + attr.len();
+        let mut m = (len as u32).to_ne_bytes().to_vec();
+        m.extend(((10u16 << 8) | msg).to_ne_bytes());
+        m.extend([0u8; 10]); // flags, seq, pid
+        m.extend([family, 0, 0, 0]);
+        m.extend(attr);
+        m
+    }
+
+    #[test]
+    fn notifications_are_matched_to_the_table() {
+        let mut c = Change::default();
+        c.absorb(&notification(6, 1, "other"), "panda"); // a rule elsewhere
+        c.absorb(&notification(2, 2, "panda"), "panda"); // ip (not inet) panda
+        assert_eq!(c, Change::default());
+        let mut burst = notification(8, 1, "panda"); // DELRULE of ours
+        burst.extend(notification(6, 1, "pandas"));
+        c.absorb(&burst, "panda");
+        assert_eq!(
+            c,
+            Change {
+                touched: true,
+                deleted: false
+            }
+        );
+        c.absorb(&notification(2, 1, "panda"), "panda"); // DELTABLE of ours
+        assert_eq!(
+            c,
+            Change {
+                touched: true,
+                deleted: true
+            }
+        );
     }
 
     #[test]

@@ -126,19 +126,20 @@ impl<'a> Reconciler<'a> {
                 warn!("self-healing: no nftables events ({e:#}); checking every {BACKSTOP:?}")
             })
             .ok();
+        let config = self.config;
         let mut fast = tokio::time::interval(FAST_TICK);
         let mut backstop = tokio::time::interval(BACKSTOP);
         fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = async { match routes.as_mut() { Some(r) => r.next_burst().await, None => std::future::pending().await } } => {
-                    tracing::debug!("rtnetlink event");
-                    self.check_route().await
-                }
-                _ = async { match nft.as_mut() { Some(n) => n.next_burst().await, None => std::future::pending().await } } => {
-                    tracing::debug!("nf_tables event");
-                    self.check_table()
+                _ = next_route_event(&mut routes) => self.check_route().await,
+                change = next_table_change(&mut nft, &config.table) => {
+                    if change.deleted {
+                        self.reinstall_table(format!("table inet {} was deleted; reinstalled it", config.table));
+                    } else {
+                        self.check_table();
+                    }
                 }
                 _ = fast.tick() => {
                     self.check_sysctl();
@@ -221,18 +222,23 @@ impl<'a> Reconciler<'a> {
         if now.is_some() && now == self.table_listing {
             return;
         }
-        let what = if now.is_none() {
+        self.reinstall_table(if now.is_none() {
             format!("table inet {table} was deleted; reinstalled it")
         } else {
             format!("table inet {table} was changed; reinstalled it")
-        };
-        let redone =
-            firewall::install(table, &self.config.prefix).and_then(|()| firewall::listing(table));
-        match redone {
-            Ok(l) => {
-                self.table_listing = l;
-                self.repaired("table", what);
-            }
+        });
+    }
+
+    /// Re-installs the table (one atomic transaction), then takes the new
+    /// reference listing.
+    fn reinstall_table(&mut self, what: String) {
+        let table = &self.config.table;
+        match firewall::install(table, &self.config.prefix) {
+            Ok(()) => self.repaired("table", what),
+            Err(e) => return self.failed("table", e),
+        }
+        match firewall::listing(table) {
+            Ok(l) => self.table_listing = l,
             Err(e) => self.failed("table", e),
         }
     }
@@ -277,6 +283,22 @@ impl<'a> Reconciler<'a> {
                 Err(e) => self.failed(link_kind(name), e),
             }
         }
+    }
+}
+
+/// The next burst of route/address events; never, without a subscription.
+async fn next_route_event(events: &mut Option<netlink::Events>) {
+    match events {
+        Some(e) => e.next_burst().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change to `table`; never, without a subscription.
+async fn next_table_change(events: &mut Option<firewall::Events>, table: &str) -> firewall::Change {
+    match events {
+        Some(e) => e.next_change(table).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,8 +6,8 @@
 //! exit): the cost of starting the process at all, the baseline. The pandads
 //! then stay up *together* for one idle window, each one's CPU time counted
 //! from /proc (utime+stime, and the threads' schedstat for finer
-//! resolution); peak RSS is VmHWM. Repair latency after tampering needs
-//! self-healing, which pandad does not do yet: that row says so.
+//! resolution); peak RSS is VmHWM. Then the repair latency after each kind
+//! of tampering ([`super::repair`]).
 
 use std::{
     process::Stdio,
@@ -18,8 +18,6 @@ use anyhow::{bail, Result};
 
 use super::{progress, Ctx};
 use crate::{interrupt, netns::Netns, pandad::Pandad, plan::interleave, procfs, results::Daemon};
-
-pub const REPAIR_NOT_MEASURED: &str = "not measured: pandad does not repair yet";
 
 pub fn run(ctx: &Ctx) -> Result<Daemon> {
     let mut start_ready_s = Vec::new();
@@ -79,7 +77,7 @@ pub fn run(ctx: &Ctx) -> Result<Daemon> {
         idle_cpu_ms,
         idle_sched_ms,
         stop_s,
-        repair: REPAIR_NOT_MEASURED.into(),
+        repair: super::repair::run(ctx)?,
     })
 }
 

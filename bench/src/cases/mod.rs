@@ -4,6 +4,7 @@
 pub mod churn;
 pub mod daemon;
 pub mod hook;
+pub mod repair;
 pub mod scale;
 pub mod setup;
 

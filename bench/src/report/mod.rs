@@ -12,7 +12,7 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    results::{Churn, Cost, Daemon, Hook, Results, Scale, Setup},
+    results::{Churn, Cost, Daemon, Hook, Repair, Results, Scale, Setup},
     stats::{paired_ratios, Summary},
 };
 
@@ -611,11 +611,62 @@ fn daemon(o: &mut String, d: &Daemon) {
         "| teardown (SIGTERM → exit, state undone) | {} | — | — |",
         fmt_ms(&Summary::of(&d.stop_s))
     );
+    repair(o, &d.repair);
+}
+
+/// Nearest-rank percentile `p` (0–100) of `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+/// The repair latencies: one row per kind of tampering.
+fn repair(o: &mut String, r: &[Repair]) {
     let _ = writeln!(
         o,
-        "| repair latency after tampering | {} | — | — |",
-        d.repair
+        "\n### Repair latency\n\n\
+         Each kind of tampering on a running pandad (guard), repeated in one namespace; \
+         the latency runs from the damage to its repair as the kernel reports them (rtnetlink \
+         and nf_tables notifications; the sysctl and the BPF link have none and are polled \
+         every 50 µs from the tampering syscall). Goal: p99 under 100 ms.\n"
     );
+    let _ = writeln!(o, "| tampering | n | p50 | p99 | max | WARN lines |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|");
+    let what = |k: &str| match k {
+        "route" => "`ip -6 route del` of the local route",
+        "anchor" => "`ip -6 addr del` of the anchor (the route loses its source too)",
+        "table" => "`nft flush ruleset`",
+        "sysctl" => "`ip_nonlocal_bind` set to 0",
+        "link_bind6" => "`bpftool link detach` of bind6 (BPF_LINK_DETACH)",
+        _ => "?",
+    };
+    let mut worst = 0.0f64;
+    for k in r {
+        let p99 = percentile(&k.samples_ms, 99.0);
+        worst = worst.max(p99);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+            what(&k.kind),
+            k.samples_ms.len(),
+            percentile(&k.samples_ms, 50.0),
+            p99,
+            percentile(&k.samples_ms, 100.0),
+            k.warn_lines
+        );
+    }
+    if !r.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nGoal: p99 under 100 ms. Slowest kind's p99: {worst:.1} ms ({}).",
+            if worst < 100.0 { "met" } else { "not met" }
+        );
+    }
 }
 
 // ----------------------------------------------------------------------------
