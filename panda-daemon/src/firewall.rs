@@ -451,8 +451,10 @@ impl Events {
 pub struct Change {
     /// Something in the table (or the table itself) changed, or may have.
     pub touched: bool,
-    /// The table was deleted (`nft flush ruleset`, `nft delete table`):
-    /// no need to list it to know it must be re-installed.
+    /// The table's last notification in the burst was its deletion (`nft
+    /// flush ruleset`, `nft delete table`): no need to list it to know it
+    /// must be re-installed. (pandad's own re-install deletes and re-adds
+    /// it in one transaction: that ends with the addition.)
     pub deleted: bool,
 }
 
@@ -464,6 +466,7 @@ impl Change {
     /// `NFTA_RULE_TABLE`, `NFTA_SET_TABLE`, `NFTA_SET_ELEM_LIST_TABLE`).
     fn absorb(&mut self, mut buf: &[u8], table: &str) {
         const NFNL_SUBSYS_NFTABLES: u16 = 10;
+        const NFT_MSG_NEWTABLE: u16 = 0;
         const NFT_MSG_DELTABLE: u16 = 2;
         const NFPROTO_INET: u8 = 1;
         while buf.len() >= 16 {
@@ -478,7 +481,11 @@ impl Change {
                 && attr(body.get(4..).unwrap_or(&[]), 1) == Some(table.as_bytes())
             {
                 self.touched = true;
-                self.deleted |= ty & 0xff == NFT_MSG_DELTABLE;
+                match ty & 0xff {
+                    NFT_MSG_DELTABLE => self.deleted = true,
+                    NFT_MSG_NEWTABLE => self.deleted = false,
+                    _ => {}
+                }
             }
             buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
         }
@@ -558,6 +565,19 @@ mod tests {
             Change {
                 touched: true,
                 deleted: true
+            }
+        );
+        // pandad's own re-install: delete and add in one transaction.
+        let mut replace = notification(2, 1, "panda");
+        replace.extend(notification(0, 1, "panda"));
+        replace.extend(notification(6, 1, "panda"));
+        let mut c = Change::default();
+        c.absorb(&replace, "panda");
+        assert_eq!(
+            c,
+            Change {
+                touched: true,
+                deleted: false
             }
         );
     }

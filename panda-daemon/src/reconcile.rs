@@ -14,7 +14,8 @@
 //! | anchor, route | rtnetlink multicast (links, IPv6 addresses and routes) |
 //! | nftables table | nf_tables netlink notifications (what `nft monitor` reads) |
 //! | sysctl, BPF links | polled every [`FAST_TICK`]: the kernel has no event for either; each check is one read(2) or bpf(2) |
-//! | all of the above | a full check every [`BACKSTOP`], in case an event was lost |
+//! | anchor, route | a full check every [`BACKSTOP`] too, in case an event was lost |
+//! | nftables table | the same, only without a notification socket (nf_tables reports an overrun, which counts as a change) |
 //!
 //! Every event is only a nudge: the reconciler compares the kernel's state
 //! with the wanted one and repairs only a difference, so its own repairs
@@ -147,7 +148,12 @@ impl<'a> Reconciler<'a> {
                 }
                 _ = backstop.tick() => {
                     self.check_route().await;
-                    self.check_table();
+                    // nf_tables notifications are reliable (an overrun is
+                    // reported, and counts as a change): listing the table
+                    // (one nft process) is only the backstop without them.
+                    if nft.is_none() {
+                        self.check_table();
+                    }
                 }
             }
         }
