@@ -402,10 +402,12 @@ impl Events {
         Ok(Events { fd })
     }
 
-    /// Waits for notifications that concern table `inet <table>`, drains
-    /// every one queued, and says what they did to it. Changes to other
-    /// tables are read and ignored. An overrun (ENOBUFS: notifications were
-    /// lost) counts as a change of ours.
+    /// Waits for a transaction that concerns table `inet <table>` to end
+    /// (its `NFT_MSG_NEWGEN`, so that one change is seen whole, however the
+    /// kernel split its notifications between reads), and says what it did
+    /// to the table. Changes to other tables are read and ignored. An
+    /// overrun (ENOBUFS: notifications were lost) counts as a change of
+    /// ours.
     pub async fn next_change(&mut self, table: &str) -> Change {
         use std::os::fd::AsRawFd;
         let mut buf = vec![0u8; 1 << 16];
@@ -434,12 +436,13 @@ impl Events {
                     Some(libc::EINTR) => continue,
                     _ => {
                         change.touched = true;
+                        change.complete = true;
                         break;
                     }
                 }
             }
             guard.clear_ready();
-            if change.touched {
+            if change.touched && change.complete {
                 return change;
             }
         }
@@ -456,6 +459,8 @@ pub struct Change {
     /// must be re-installed. (pandad's own re-install deletes and re-adds
     /// it in one transaction: that ends with the addition.)
     pub deleted: bool,
+    /// A transaction that touched the table has ended (NFT_MSG_NEWGEN).
+    complete: bool,
 }
 
 impl Change {
@@ -468,6 +473,7 @@ impl Change {
         const NFNL_SUBSYS_NFTABLES: u16 = 10;
         const NFT_MSG_NEWTABLE: u16 = 0;
         const NFT_MSG_DELTABLE: u16 = 2;
+        const NFT_MSG_NEWGEN: u16 = 15;
         const NFPROTO_INET: u8 = 1;
         while buf.len() >= 16 {
             let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -476,7 +482,9 @@ impl Change {
             }
             let ty = u16::from_ne_bytes([buf[4], buf[5]]);
             let body = &buf[16..len];
-            if ty >> 8 == NFNL_SUBSYS_NFTABLES
+            if ty == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN) {
+                self.complete |= self.touched;
+            } else if ty >> 8 == NFNL_SUBSYS_NFTABLES
                 && body.first() == Some(&NFPROTO_INET)
                 && attr(body.get(4..).unwrap_or(&[]), 1) == Some(table.as_bytes())
             {
@@ -545,41 +553,35 @@ mod tests {
 
     #[test]
     fn notifications_are_matched_to_the_table() {
+        let newgen = || notification(15, 0, "");
+        let seen = |c: &Change| (c.touched, c.deleted, c.complete);
         let mut c = Change::default();
         c.absorb(&notification(6, 1, "other"), "panda"); // a rule elsewhere
         c.absorb(&notification(2, 2, "panda"), "panda"); // ip (not inet) panda
-        assert_eq!(c, Change::default());
-        let mut burst = notification(8, 1, "panda"); // DELRULE of ours
+        c.absorb(&newgen(), "panda");
+        assert_eq!(seen(&c), (false, false, false), "not ours");
+        // A rule of ours deleted: complete only at the end of the transaction.
+        let mut burst = notification(8, 1, "panda");
         burst.extend(notification(6, 1, "pandas"));
         c.absorb(&burst, "panda");
-        assert_eq!(
-            c,
-            Change {
-                touched: true,
-                deleted: false
-            }
-        );
-        c.absorb(&notification(2, 1, "panda"), "panda"); // DELTABLE of ours
-        assert_eq!(
-            c,
-            Change {
-                touched: true,
-                deleted: true
-            }
-        );
+        assert_eq!(seen(&c), (true, false, false));
+        c.absorb(&newgen(), "panda");
+        assert_eq!(seen(&c), (true, false, true));
+        // `nft flush ruleset`, split between two reads.
+        let mut c = Change::default();
+        c.absorb(&notification(8, 1, "panda"), "panda");
+        let mut rest = notification(2, 1, "panda");
+        rest.extend(newgen());
+        c.absorb(&rest, "panda");
+        assert_eq!(seen(&c), (true, true, true));
         // pandad's own re-install: delete and add in one transaction.
         let mut replace = notification(2, 1, "panda");
         replace.extend(notification(0, 1, "panda"));
         replace.extend(notification(6, 1, "panda"));
+        replace.extend(newgen());
         let mut c = Change::default();
         c.absorb(&replace, "panda");
-        assert_eq!(
-            c,
-            Change {
-                touched: true,
-                deleted: false
-            }
-        );
+        assert_eq!(seen(&c), (true, false, true));
     }
 
     #[test]
