@@ -218,6 +218,9 @@ impl Msg {
 /// each message is stamped when it is read.
 struct NetlinkEvents {
     fd: OwnedFd,
+    /// Read but not yet looked at by [`NetlinkEvents::wait`] (one read can
+    /// carry the damage and its repair together).
+    queued: std::collections::VecDeque<(Msg, Instant)>,
 }
 
 impl NetlinkEvents {
@@ -271,76 +274,81 @@ impl NetlinkEvents {
                     .with_context(|| format!("joining group {g}"));
             }
         }
-        Ok(NetlinkEvents { fd })
+        Ok(NetlinkEvents {
+            fd,
+            queued: Default::default(),
+        })
     }
 
     /// Reads notifications until one satisfies `want`; returns when it was
     /// read.
     fn wait(&mut self, want: impl Fn(&Msg) -> bool) -> Result<Instant> {
         let end = Instant::now() + DEADLINE;
-        let mut buf = vec![0u8; 1 << 16];
         loop {
+            while let Some((msg, at)) = self.queued.pop_front() {
+                if want(&msg) {
+                    return Ok(at);
+                }
+            }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!("no matching netlink notification within {DEADLINE:?}");
             }
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
-                continue;
-            }
-            // SAFETY: buf is a valid writable buffer of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let at = Instant::now();
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENOBUFS) {
-                    bail!("netlink overrun: notifications were lost");
-                }
-                return Err(e).context("reading netlink notifications");
-            }
-            let mut rest = &buf[..n as usize];
-            // nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-                if len < 16 || len > rest.len() {
-                    break;
-                }
-                let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
-                let body = &rest[16..len];
-                let msg = match kind {
-                    // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type
-                    RTM_NEWROUTE | RTM_DELROUTE if body.len() >= 8 => Msg {
-                        kind,
-                        plen: body[1],
-                        table: body[4],
-                        rtype: body[7],
-                    },
-                    // ifaddrmsg: family, prefixlen, ...
-                    RTM_NEWADDR | RTM_DELADDR if body.len() >= 2 => Msg {
-                        kind,
-                        plen: body[1],
-                        table: 0,
-                        rtype: 0,
-                    },
-                    _ => Msg {
-                        kind,
-                        plen: 0,
-                        table: 0,
-                        rtype: 0,
-                    },
-                };
-                if want(&msg) {
-                    return Ok(at);
-                }
-                rest = &rest[(len + 3) & !3..];
-            }
+            self.read(left)?;
         }
+    }
+
+    /// Queues the messages of one read (none if `left` passes first),
+    /// each stamped with the time of the read.
+    fn read(&mut self, left: Duration) -> Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        // SAFETY: buf is a valid writable buffer of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let at = Instant::now();
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                bail!("netlink overrun: notifications were lost");
+            }
+            return Err(e).context("reading netlink notifications");
+        }
+        let mut rest = &buf[..n as usize];
+        // nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+            if len < 16 || len > rest.len() {
+                break;
+            }
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+            let body = &rest[16..len];
+            let (plen, table, rtype) = match kind {
+                // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type
+                RTM_NEWROUTE | RTM_DELROUTE if body.len() >= 8 => (body[1], body[4], body[7]),
+                // ifaddrmsg: family, prefixlen, ...
+                RTM_NEWADDR | RTM_DELADDR if body.len() >= 2 => (body[1], 0, 0),
+                _ => (0, 0, 0),
+            };
+            self.queued.push_back((
+                Msg {
+                    kind,
+                    plen,
+                    table,
+                    rtype,
+                },
+                at,
+            ));
+            rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+        Ok(())
     }
 }
 
