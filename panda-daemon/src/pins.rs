@@ -57,6 +57,7 @@ const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_LINK_CREATE: u32 = 28;
 const BPF_LINK_UPDATE: u32 = 29;
+const BPF_LINK_DETACH: u32 = 34;
 /// `bpf_link_type`: BPF_LINK_TYPE_CGROUP.
 pub const LINK_TYPE_CGROUP: u32 = 3;
 
@@ -377,6 +378,15 @@ impl Link {
             old_prog_fd: 0,
         };
         sys_bpf(BPF_LINK_UPDATE, &mut attr).context("bpf_link_update")?;
+        Ok(())
+    }
+
+    /// `BPF_LINK_DETACH`, what `bpftool link detach` does: the link stays,
+    /// its program stops running. pandad never does this to its own links;
+    /// the tests and the benchmark do, to tamper with them.
+    pub fn detach(&self) -> Result<()> {
+        let mut attr = [self.fd.as_raw_fd() as u32];
+        sys_bpf(BPF_LINK_DETACH, &mut attr).context("bpf_link_detach")?;
         Ok(())
     }
 

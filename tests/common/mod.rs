@@ -1468,26 +1468,11 @@ pub fn instance_links(pin_dir: &Path) -> Vec<InstanceLink> {
 /// `bpftool link detach` for the link pinned at `path` (BPF_LINK_DETACH):
 /// the link object stays, but its program no longer runs.
 pub fn detach_pinned_link(path: &Path) {
-    let fd = panda::pins::open_pinned(path)
+    panda::pins::Link::open_pinned(path)
         .expect("open pin")
-        .unwrap_or_else(|| panic!("nothing pinned at {}", path.display()));
-    #[repr(C)]
-    struct Attr {
-        link_fd: u32,
-    }
-    let mut attr = Attr {
-        link_fd: fd.as_raw_fd() as u32,
-    };
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    assert_eq!(rc, 0, "BPF_LINK_DETACH: {}", io::Error::last_os_error());
+        .unwrap_or_else(|| panic!("nothing pinned at {}", path.display()))
+        .detach()
+        .expect("BPF_LINK_DETACH");
 }
 
 /// Retries `f` (which itself blocks with a timeout) until it returns Some or

@@ -24,6 +24,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use panda::pins::Link;
 
 use super::{progress, Ctx};
 use crate::{
@@ -122,13 +123,13 @@ fn once(kind: &str, pin_dir: &Path) -> Result<Duration> {
         }
         "link_bind6" => {
             let pin = pin_dir.join("bind6");
-            let fd = obj_get(&pin)?.context("bind6 is not pinned")?;
-            link_detach(&fd)?;
+            let link = Link::open_pinned(&pin)?.context("bind6 is not pinned")?;
+            link.detach()?;
             let t0 = Instant::now();
-            drop(fd);
+            drop(link);
             poll_until(t0, || {
-                Ok(match obj_get(&pin)? {
-                    Some(fd) => link_cgroup_id(&fd)? != 0,
+                Ok(match Link::open_pinned(&pin)? {
+                    Some(l) => l.info()?.cgroup_id != 0,
                     None => false,
                 })
             })
@@ -350,64 +351,4 @@ impl NetlinkEvents {
         }
         Ok(())
     }
-}
-
-// --- bpf(2): the pinned link ------------------------------------------------
-
-#[repr(C)]
-struct ObjGet {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-fn sys_bpf<T>(cmd: u32, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: attr is a live #[repr(C)] struct of the size passed.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// BPF_OBJ_GET: the object pinned at `path`, None if nothing is.
-fn obj_get(path: &Path) -> Result<Option<OwnedFd>> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut a = ObjGet {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    match sys_bpf(7, &mut a) {
-        // SAFETY: a new fd nothing else owns.
-        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("BPF_OBJ_GET {}", path.display())),
-    }
-}
-
-/// BPF_LINK_DETACH, what `bpftool link detach` does.
-fn link_detach(fd: &OwnedFd) -> Result<()> {
-    let mut a = [fd.as_raw_fd() as u32];
-    sys_bpf(34, &mut a).context("BPF_LINK_DETACH")?;
-    Ok(())
-}
-
-/// The cgroup id of a cgroup link (0 once detached), from bpf_link_info.
-fn link_cgroup_id(fd: &OwnedFd) -> Result<u64> {
-    let mut info = [0u64; 12];
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut a = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    sys_bpf(15, &mut a).context("BPF_OBJ_GET_INFO_BY_FD")?;
-    Ok(info[2])
 }
