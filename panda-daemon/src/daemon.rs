@@ -96,7 +96,8 @@ struct Plan {
     pins: PinDir,
 }
 
-/// Runs pandad until SIGTERM/SIGINT (or SIGUSR2, a hand-over). Returns after a complete teardown.
+/// Runs pandad until a signal; returns after a complete teardown (a stop)
+/// or with everything left in force (a hand-over; see the module's table).
 pub async fn run(config: Config) -> Result<()> {
     // From here on SIGTERM/SIGINT no longer kill the process: a signal that
     // arrives during set-up is seen once set-up is done, and undone cleanly.
