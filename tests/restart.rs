@@ -61,7 +61,8 @@ fn links_of(status: &serde_json::Value) -> Vec<InstanceLink> {
 }
 
 /// SIGKILL restarts per run: 20, as the issue asks; the VM matrix
-/// (`cargo xtask vm-test`, emulated CPUs) sets fewer.
+/// (`cargo xtask vm-test`, emulated CPUs) sets 0 (see xtask/src/vm/mod.rs):
+/// the binder then runs against one instance only.
 fn restart_rounds() -> usize {
     std::env::var("PANDA_RESTART_ROUNDS")
         .ok()
