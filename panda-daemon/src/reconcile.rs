@@ -81,10 +81,18 @@ pub struct Reconciler<'a> {
     /// (e.g. `lo` is down) is logged once, not 20 times a second.
     failing: BTreeMap<&'static str, String>,
     cgroup_id: u64,
+    /// Route/address events; None if the subscription failed.
+    routes: Option<netlink::Events>,
+    /// nf_tables notifications; None if the subscription failed.
+    nft: Option<firewall::Events>,
 }
 
 impl<'a> Reconciler<'a> {
-    /// Takes the reference listing of the table just installed.
+    /// Subscribes to the kernel's events, then takes the reference listing
+    /// of the table just installed. Both happen here, before pandad says it
+    /// is ready, so that a change made the moment it is ready is already
+    /// seen: a subscription taken later would miss it, and nothing but the
+    /// next event (or the backstop) would bring it to light.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &'a Config,
@@ -97,6 +105,18 @@ impl<'a> Reconciler<'a> {
         repairs: Arc<Repairs>,
     ) -> Result<Reconciler<'a>> {
         let cgroup_id = pins::cgroup_id(&cgroup)?;
+        // Without an event source the periodic checks still repair, only
+        // later: a degraded pandad beats none.
+        let routes = netlink::Events::subscribe()
+            .map_err(|e| {
+                warn!("self-healing: no route/address events ({e:#}); checking every {BACKSTOP:?}")
+            })
+            .ok();
+        let nft = firewall::Events::subscribe()
+            .map_err(|e| {
+                warn!("self-healing: no nftables events ({e:#}); checking every {BACKSTOP:?}")
+            })
+            .ok();
         let table_listing = firewall::listing(&config.table)?;
         Ok(Reconciler {
             config,
@@ -110,23 +130,15 @@ impl<'a> Reconciler<'a> {
             table_listing,
             failing: BTreeMap::new(),
             cgroup_id,
+            routes,
+            nft,
         })
     }
 
     /// Runs until the future is dropped (pandad stopping); never returns.
     pub async fn run(mut self) {
-        // Without an event source the periodic checks still repair, only
-        // later: a degraded pandad beats none.
-        let mut routes = netlink::Events::subscribe()
-            .map_err(|e| {
-                warn!("self-healing: no route/address events ({e:#}); checking every {BACKSTOP:?}")
-            })
-            .ok();
-        let mut nft = firewall::Events::subscribe()
-            .map_err(|e| {
-                warn!("self-healing: no nftables events ({e:#}); checking every {BACKSTOP:?}")
-            })
-            .ok();
+        let mut routes = self.routes.take();
+        let mut nft = self.nft.take();
         let config = self.config;
         let mut fast = tokio::time::interval(FAST_TICK);
         let mut backstop = tokio::time::interval(BACKSTOP);
