@@ -86,6 +86,46 @@ pub struct Config {
     pub netns_cookie: u64,
     /// Kernel structure offsets (guard mode; zero in freebind mode).
     pub offsets: KernelOffsets,
+    /// Who may bind prefix addresses nobody leased: one of [`lease`]'s
+    /// `OPEN` or `LEASED_ONLY`.
+    pub lease_mode: u32,
+    /// Keeps the size a multiple of 8 with no implicit padding.
+    pub _reserved: u32,
+}
+
+/// Leases: prefix addresses reserved for one cgroup and its descendants.
+///
+/// The bind6 program's view of them is three maps the daemon keeps in step
+/// with its lease store: `LEASES` (address words → [`Lease`]), `HOLDERS`
+/// (cgroup id → number of addresses it holds) and `LEASE_LEVELS` (one u64:
+/// bit L set while some holder sits at cgroup level L). A bind to a leased
+/// address is allowed only from the holder or below it; a bind to any other
+/// prefix address only from outside every holder, and only in `OPEN` mode.
+pub mod lease {
+    /// Processes outside every leased cgroup may bind unleased addresses.
+    pub const OPEN: u32 = 0;
+    /// Nothing in the prefix may be bound except a lease, by its holder.
+    pub const LEASED_ONLY: u32 = 1;
+    /// Entries of `LEASES` and of `HOLDERS`.
+    pub const MAX_LEASES: u32 = 65_536;
+    /// The deepest cgroup level a lease may be held at (one bit of
+    /// `LEASE_LEVELS` each); the processes that inherit it may sit deeper.
+    pub const MAX_LEVEL: u32 = 63;
+    /// The errno of a bind a lease forbids: the address exists and is
+    /// local, it belongs to someone else (EACCES).
+    pub const DENY_ERRNO: i32 = 13;
+}
+
+/// A value of the `LEASES` map: who may bind the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's cgroup id (its inode number in cgroupfs, what
+    /// `bpf_get_current_ancestor_cgroup_id` returns).
+    pub cgroup_id: u64,
+    /// The holder's depth below the cgroup2 root (the root is level 0).
+    pub level: u32,
+    pub _reserved: u32,
 }
 
 /// Indices into the per-CPU `COUNTERS` array.
@@ -105,8 +145,10 @@ pub mod counter {
     /// An address hash chain longer than `MAX_ADDR_CHAIN`: the bind was
     /// allowed without a verdict.
     pub const ADDR_CHAIN_OVERFLOW: u32 = 6;
+    /// bind() inside the prefix refused by a lease (see [`crate::lease`]).
+    pub const LEASE_DENIED: u32 = 7;
     /// Number of counters; size of the map.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Names, in index order, as `panda status` reports them.
     pub const NAMES: [&str; COUNT as usize] = [
         "bind_prefix",
@@ -116,6 +158,7 @@ pub mod counter {
         "freebind_failed",
         "lsm_bind_denied",
         "addr_chain_overflow",
+        "lease_denied",
     ];
 }
 
@@ -140,4 +183,5 @@ mod user {
     // arrays laid out to natural alignment).
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Lease {}
 }

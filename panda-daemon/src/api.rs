@@ -3,8 +3,9 @@
 //! group). `panda status` and `panda metrics` are its clients.
 //!
 //! Requests: `status` (one JSON line) and `metrics` (Prometheus text
-//! exposition format, up to the end of the stream). Anything else gets
-//! `{"error": "..."}`. With `metrics_listen`, the same metrics are also
+//! exposition format, up to the end of the stream), or one JSON object
+//! (`{"op": "lease", ...}`, see [`leases::Request`]) answered with one JSON
+//! line. Anything else gets `{"error": "..."}`. With `metrics_listen`, the same metrics are also
 //! served over HTTP on a loopback address ([`MetricsServer`]).
 use std::{
     os::unix::fs::PermissionsExt,
@@ -20,7 +21,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{bpf::Bpf, reconcile::Repairs};
+use crate::{bpf::Bpf, leases, reconcile::Repairs};
 
 /// Whether binds and sends that bypass the cgroup hooks are held to the
 /// kernel's rules (see docs/ARCHITECTURE.md, "Paths that skip the hooks").
@@ -230,14 +231,15 @@ impl Server {
     }
 
     /// Serves requests until the task is dropped.
-    pub async fn serve(&self, source: Arc<StatusSource>) {
+    pub async fn serve(&self, source: Arc<StatusSource>, leases: leases::Handle) {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else {
                 continue;
             };
             let source = source.clone();
+            let leases = leases.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &source).await {
+                if let Err(e) = answer(stream, &source, &leases).await {
                     tracing::debug!("API client: {e:#}");
                 }
             });
@@ -263,11 +265,32 @@ fn resolve_group(g: &str) -> Result<u32> {
     }
 }
 
-async fn answer(stream: UnixStream, source: &StatusSource) -> Result<()> {
+async fn answer(stream: UnixStream, source: &StatusSource, leases: &leases::Handle) -> Result<()> {
+    // The kernel's word on who is asking: leases default to the caller's
+    // cgroup, and `exec` moves only the caller's own child.
+    let peer = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .map(|pid| leases::Peer { pid: pid as u32 });
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     let error = |e: String| serde_json::json!({ "error": e }).to_string() + "\n";
+    if line.trim_start().starts_with('{') {
+        let reply = match (serde_json::from_str::<leases::Request>(line.trim()), peer) {
+            (Err(e), _) => error(format!("bad request: {e}")),
+            (Ok(_), None) => {
+                error("the kernel did not say who is asking (no SO_PEERCRED pid)".into())
+            }
+            (Ok(req), Some(peer)) => match leases.call(req, peer).await {
+                Ok(v) => v.to_string() + "\n",
+                Err(e) => error(e),
+            },
+        };
+        w.write_all(reply.as_bytes()).await?;
+        return Ok(());
+    }
     let reply = match (line.trim(), source.snapshot()) {
         ("status", Ok(s)) => serde_json::to_string(&s)? + "\n",
         ("metrics", Ok(s)) => prometheus(&s),

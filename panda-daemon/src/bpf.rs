@@ -31,7 +31,7 @@ use aya::{
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm},
     Btf, Ebpf, EbpfLoader,
 };
-use panda_common::{counter, Config};
+use panda_common::{counter, Config, Lease};
 
 use crate::pins::{self, Link, PinDir, COUNTERS_PIN};
 
@@ -416,6 +416,55 @@ impl Bpf {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Sets or replaces the holder of a leased address (given as the words
+    /// bind6 sees, [`crate::leases::addr_words`]).
+    pub fn lease_put(&mut self, words: [u32; 4], lease: Lease) -> Result<()> {
+        let mut map: aya::maps::HashMap<&mut MapData, [u32; 4], Lease> =
+            aya::maps::HashMap::try_from(self.map_mut("LEASES")?)?;
+        map.insert(words, lease, 0)
+            .context("writing the LEASES map (is it full?)")?;
+        Ok(())
+    }
+
+    /// Forgets a leased address (a no-op if it is not there).
+    pub fn lease_delete(&mut self, words: [u32; 4]) -> Result<()> {
+        let mut map: aya::maps::HashMap<&mut MapData, [u32; 4], Lease> =
+            aya::maps::HashMap::try_from(self.map_mut("LEASES")?)?;
+        match map.remove(&words) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(e).context("deleting from the LEASES map"),
+        }
+    }
+
+    /// Sets how many addresses cgroup `id` holds; 0 removes it.
+    pub fn holder_set(&mut self, id: u64, count: u32) -> Result<()> {
+        let mut map: aya::maps::HashMap<&mut MapData, u64, u32> =
+            aya::maps::HashMap::try_from(self.map_mut("HOLDERS")?)?;
+        if count > 0 {
+            return map
+                .insert(id, count, 0)
+                .context("writing the HOLDERS map (is it full?)");
+        }
+        match map.remove(&id) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(e).context("deleting from the HOLDERS map"),
+        }
+    }
+
+    /// Sets the mask of cgroup levels that have holders (0: no leases).
+    pub fn set_lease_levels(&mut self, mask: u64) -> Result<()> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(self.map_mut("LEASE_LEVELS")?)?;
+        map.set(0, mask, 0)
+            .context("writing the LEASE_LEVELS map")?;
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
     }
 
     /// The probe programs' scratch array.

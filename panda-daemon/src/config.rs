@@ -13,6 +13,8 @@
 //! bpffs     = "/sys/fs/bpf"           # where the BPF links are pinned
 //! # socket_group   = "panda"          # group allowed to use the API socket
 //! # metrics_listen = "127.0.0.1:9464" # Prometheus endpoint; absent: off
+//! lease_mode = "open"                 # "open" | "leased-only"
+//! # exec_cgroup = "/sys/fs/cgroup/panda.exec" # where `panda exec` makes cgroups
 //! ```
 //!
 //! Validation happens here, once, so that the rest of the daemon can trust a
@@ -97,6 +99,8 @@ const KEYS: &[&str] = &[
     "bpffs",
     "socket_group",
     "metrics_listen",
+    "lease_mode",
+    "exec_cgroup",
 ];
 
 /// Network mask of a prefix of `len` bits, as a host-order `u128`.
@@ -296,6 +300,49 @@ impl FromStr for MechanismChoice {
     }
 }
 
+/// `lease_mode` key: who may bind prefix addresses that nobody leased.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseMode {
+    /// Any process outside a leased cgroup (a developer machine's default:
+    /// leases are opt-in).
+    #[default]
+    Open,
+    /// Nobody: the prefix is bindable only through a lease.
+    LeasedOnly,
+}
+
+impl LeaseMode {
+    /// The config-file spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeaseMode::Open => "open",
+            LeaseMode::LeasedOnly => "leased-only",
+        }
+    }
+
+    /// The value bind6 reads from its CONFIG map.
+    pub fn as_bpf(&self) -> u32 {
+        match self {
+            LeaseMode::Open => panda_common::lease::OPEN,
+            LeaseMode::LeasedOnly => panda_common::lease::LEASED_ONLY,
+        }
+    }
+}
+
+impl FromStr for LeaseMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(LeaseMode::Open),
+            "leased-only" => Ok(LeaseMode::LeasedOnly),
+            _ => Err(format!(
+                "{s:?} is not a lease mode (expected \"open\" or \"leased-only\")"
+            )),
+        }
+    }
+}
+
 /// pandad's validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -321,6 +368,11 @@ pub struct Config {
     /// Serve Prometheus metrics over HTTP on this loopback address.
     /// None (the default): metrics only through the API socket.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether unleased processes may bind unleased prefix addresses.
+    pub lease_mode: LeaseMode,
+    /// The cgroup under which `panda exec` creates one cgroup per command.
+    /// None: `panda.exec` below the cgroup the hooks attach to.
+    pub exec_cgroup: Option<PathBuf>,
 }
 
 /// Why a config file was rejected. Every variant's Display says where the
@@ -377,6 +429,8 @@ struct RawConfig {
     bpffs: Option<toml::Value>,
     socket_group: Option<toml::Value>,
     metrics_listen: Option<toml::Value>,
+    lease_mode: Option<toml::Value>,
+    exec_cgroup: Option<toml::Value>,
 }
 
 /// Extracts a string value or says which key has the wrong type.
@@ -518,6 +572,18 @@ impl Config {
             }
             cfg.metrics_listen = Some(addr);
         }
+        if let Some(v) = &raw.lease_mode {
+            cfg.lease_mode =
+                string_of("lease_mode", v)?
+                    .parse()
+                    .map_err(|reason| ConfigError::Invalid {
+                        key: "lease_mode",
+                        reason,
+                    })?;
+        }
+        if let Some(v) = &raw.exec_cgroup {
+            cfg.exec_cgroup = Some(absolute_path("exec_cgroup", v)?);
+        }
         Ok(cfg)
     }
 }
@@ -565,6 +631,8 @@ impl Default for Config {
             bpffs: PathBuf::from(DEFAULT_BPFFS),
             socket_group: None,
             metrics_listen: None,
+            lease_mode: LeaseMode::Open,
+            exec_cgroup: None,
         }
     }
 }
@@ -611,6 +679,8 @@ mod tests {
         assert_eq!(d.bpffs, PathBuf::from("/sys/fs/bpf"));
         assert_eq!(d.socket_group, None);
         assert_eq!(d.metrics_listen, None);
+        assert_eq!(d.lease_mode, LeaseMode::Open);
+        assert_eq!(d.exec_cgroup, None);
         assert_eq!(Config::from_toml_str("").unwrap(), d);
         assert_eq!(Config::from_toml_str("# nothing\n\n").unwrap(), d);
     }
@@ -737,6 +807,27 @@ mod tests {
             "metrics_listen = \"0.0.0.0:9464\"",
             "metrics_listen",
             "not a loopback address",
+        );
+    }
+
+    #[test]
+    fn lease_keys() {
+        let c = Config::from_toml_str(
+            "lease_mode = \"leased-only\"\nexec_cgroup = \"/sys/fs/cgroup/ci\"",
+        )
+        .unwrap();
+        assert_eq!(c.lease_mode, LeaseMode::LeasedOnly);
+        assert_eq!(c.exec_cgroup, Some(PathBuf::from("/sys/fs/cgroup/ci")));
+        rejects(
+            "lease_mode = \"closed\"",
+            "lease_mode",
+            "is not a lease mode",
+        );
+        rejects("lease_mode = 1", "lease_mode", "expected a string");
+        rejects(
+            "exec_cgroup = \"ci\"",
+            "exec_cgroup",
+            "not an absolute path",
         );
     }
 

@@ -41,7 +41,7 @@ use crate::{
     bpf::{Bpf, Installed, LSM_PROGRAM},
     btf, cgroup,
     config::{Config, MechanismChoice},
-    firewall,
+    firewall, leases,
     netlink::Netlink,
     pins::{PinDir, LINK_PINS},
     probe,
@@ -127,6 +127,20 @@ pub async fn run(config: Config) -> Result<()> {
     // A predecessor's pinned counters carry on counting.
     let mut bpf = Bpf::load(previous.is_some().then_some(&pins))?;
     let plan = decide(&config, &mut bpf, netns_cookie, pins)?;
+    // Leases go into the maps before any program is attached or swapped in.
+    let lease_service = leases::Service::open(
+        &config.state_dir,
+        leases::Cgroups {
+            root: cgroup::cgroup2_root()?,
+            attach: plan.cgroup.clone(),
+            exec_parent: config
+                .exec_cgroup
+                .clone()
+                .unwrap_or_else(|| plan.cgroup.join("panda.exec")),
+        },
+        config.prefix,
+        &mut bpf,
+    )?;
     let nl = Netlink::connect().await?;
     if !nl.lo_is_up().await? {
         bail!("`lo` is down in this network namespace; bring it up first: ip link set lo up");
@@ -149,6 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
                 server,
                 status_base(&config, &plan, adopted),
                 bpf.clone(),
+                lease_service,
                 &plan,
                 &mut applied,
                 &mut signals,
@@ -244,6 +259,8 @@ fn decide(config: &Config, bpf: &mut Bpf, netns_cookie: u64, pins: PinDir) -> Re
         },
         netns_cookie,
         offsets,
+        lease_mode: config.lease_mode.as_bpf(),
+        _reserved: 0,
     })?;
     Ok(Plan {
         mechanism,
@@ -451,6 +468,7 @@ async fn serve(
     server: api::Server,
     base: Status,
     bpf: Arc<Mutex<Bpf>>,
+    lease_service: leases::Service,
     plan: &Plan,
     applied: &mut Applied,
     signals: &mut Signals,
@@ -462,6 +480,7 @@ async fn serve(
         bpf: bpf.clone(),
         repairs: repairs.clone(),
     });
+    let (leases, lease_task) = lease_service.start(bpf.clone());
     let reconciler = Reconciler::new(
         config,
         plan.mechanism,
@@ -488,7 +507,8 @@ async fn serve(
     }
     let metrics_source = source.clone();
     let exit = tokio::select! {
-        _ = server.serve(source) => Exit::Teardown,
+        _ = server.serve(source, leases) => Exit::Teardown,
+        _ = lease_task => Exit::Teardown,
         _ = async { match &metrics { Some(m) => m.serve(metrics_source).await, None => std::future::pending().await } } => Exit::Teardown,
         _ = reconciler.run() => Exit::Teardown,
         _ = signals.term.recv() => sigterm_exit(),

@@ -25,11 +25,13 @@ pub mod daemon;
 /// rules, addresses) and pandad's state against the kernel, with a fix for
 /// each problem; here so that it reuses the modules that own that state.
 pub mod doctor;
+pub mod exec;
 pub mod firewall;
 /// `panda gc`: pinned links outlive their namespace; this finds instance
 /// directories whose namespace is gone and removes them, so that their
 /// programs stop running on every bind of the host.
 pub mod gc;
+pub mod leases;
 pub mod netlink;
 pub mod pins;
 pub mod probe;

@@ -29,13 +29,15 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie,
         bpf_probe_read_kernel,
-        generated::{bpf_set_retval, bpf_setsockopt},
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_set_retval, bpf_setsockopt},
     },
     macros::{cgroup_sock_addr, lsm, map},
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{LsmContext, SockAddrContext},
 };
-use panda_common::{counter, mechanism, probe, Config, IN6_ADDR_HSIZE_SHIFT, MAX_ADDR_CHAIN};
+use panda_common::{
+    counter, lease, mechanism, probe, Config, Lease, IN6_ADDR_HSIZE_SHIFT, MAX_ADDR_CHAIN,
+};
 
 /// Written once by the daemon before anything is attached.
 #[map]
@@ -46,6 +48,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 #[map]
 static PROBE: Array<i64> = Array::with_max_entries(probe::SLOTS, 0);
+
+/// Leased addresses (as [`addr_words`]) → their holder; see [`lease`].
+#[map]
+static LEASES: HashMap<[u32; 4], Lease> = HashMap::with_max_entries(lease::MAX_LEASES, 0);
+
+/// Cgroups holding a lease → how many addresses they hold.
+#[map]
+static HOLDERS: HashMap<u64, u32> = HashMap::with_max_entries(lease::MAX_LEASES, 0);
+
+/// Bit L set while a holder sits at cgroup level L; 0: no leases at all.
+#[map]
+static LEASE_LEVELS: Array<u64> = Array::with_max_entries(1, 0);
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -391,17 +405,87 @@ fn deny_with(errno: i32) -> i32 {
     DENY
 }
 
+/// The id of the calling task's cgroup `level` levels below the root; 0
+/// when the task sits higher than that.
+#[inline(always)]
+fn ancestor_cgroup(level: u32) -> u64 {
+    unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+}
+
+/// May the calling task bind prefix address `words`, as far as leases go?
+/// Without any lease this is one array lookup; with leases, one hash lookup
+/// for the address, plus (for an unleased address in `OPEN` mode) one per
+/// cgroup level that has holders, to tell whether the caller is inside one.
+/// The task, not the socket, is judged: bind() runs in the binder's context,
+/// and a workload passing a bound socket on passes what its lease allowed.
+#[inline(always)]
+fn lease_allows(words: [u32; 4], cfg: &Config) -> bool {
+    let levels = LEASE_LEVELS.get(0).copied().unwrap_or(0);
+    if levels == 0 {
+        return cfg.lease_mode != lease::LEASED_ONLY;
+    }
+    // SAFETY: the value is copied out at once; the daemon may replace it.
+    if let Some(l) = unsafe { LEASES.get(&words) }.copied() {
+        return ancestor_cgroup(l.level) == l.cgroup_id;
+    }
+    cfg.lease_mode != lease::LEASED_ONLY && !in_holder(levels)
+}
+
+/// Is the calling task in a cgroup holding a lease, or below one? Walks
+/// only the levels `levels` marks, top down, and stops below the task.
+#[inline(always)]
+fn in_holder(levels: u64) -> bool {
+    let mut level = 1;
+    while level <= lease::MAX_LEVEL {
+        if levels >> level == 0 {
+            return false;
+        }
+        if levels & (1 << level) != 0 {
+            let id = ancestor_cgroup(level);
+            if id == 0 {
+                return false; // the task sits higher than this level
+            }
+            // SAFETY: only the presence is used.
+            if unsafe { HOLDERS.get(&id) }.is_some() {
+                return true;
+            }
+        }
+        level += 1;
+    }
+    false
+}
+
+/// `user_ip6`, one context load per word: the verifier accepts context
+/// reads only at a constant offset from the context pointer itself, which
+/// a copy of the whole array (a memcpy from a derived pointer) is not.
+#[inline(always)]
+fn user_ip6(ctx: &SockAddrContext) -> [u32; 4] {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel's context, valid for the program's run.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*sa).user_ip6[0]),
+            core::ptr::read_volatile(&(*sa).user_ip6[1]),
+            core::ptr::read_volatile(&(*sa).user_ip6[2]),
+            core::ptr::read_volatile(&(*sa).user_ip6[3]),
+        ]
+    }
+}
+
 #[cgroup_sock_addr(bind6)]
 pub fn bind6(ctx: SockAddrContext) -> i32 {
     let Some(cfg) = config() else { return ALLOW };
     if unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } != cfg.netns_cookie {
         return ALLOW;
     }
-    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
     // The fast path, taken by every bind in the prefix: test the words as
     // the kernel hands them over; the bytes are needed only outside.
-    let words = sa.user_ip6;
+    let words = user_ip6(&ctx);
     if in_prefix_words(words, cfg) {
+        if !lease_allows(words, cfg) {
+            count(counter::LEASE_DENIED);
+            return deny_with(lease::DENY_ERRNO);
+        }
         count(counter::BIND_PREFIX);
         if cfg.mechanism == mechanism::FREEBIND {
             count(if set_freebind(&ctx) == 0 {

@@ -1488,3 +1488,122 @@ pub fn retry_until<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> O
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Processes in a cgroup (leases judge the binding task's cgroup)
+// ---------------------------------------------------------------------------
+
+/// A process forked by [`binds_in_cgroup`], holding its listening sockets
+/// until dropped (then it exits and is reaped).
+pub struct CgroupProc {
+    pid: libc::pid_t,
+    release: Option<OwnedFd>,
+}
+
+impl CgroupProc {
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+}
+
+impl Drop for CgroupProc {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+    }
+}
+
+/// Forks a process that joins `cgroup` (writes 0 to its cgroup.procs), then
+/// TCP-binds each of `binds` and listens on what it bound, in the calling
+/// thread's network namespace (call it inside [`Netns::in_netns`]). Returns
+/// the errno of each bind (0: bound) and the process, which keeps the
+/// sockets until it is dropped. Between fork and exit the child makes only
+/// async-signal-safe calls, as a fork from a multi-threaded test must.
+pub fn binds_in_cgroup(cgroup: &Path, binds: &[(Ipv6Addr, u16)]) -> (Vec<i32>, CgroupProc) {
+    let procs = CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let addrs: Vec<libc::sockaddr_in6> = binds.iter().map(|(a, p)| sockaddr6(*a, *p)).collect();
+    let mut results = [0i32; 2];
+    let mut hold = [0i32; 2];
+    assert_eq!(
+        unsafe { libc::pipe2(results.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    assert_eq!(
+        unsafe { libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", errname(errno()));
+    if pid == 0 {
+        unsafe {
+            // Keep only stdio, the result pipe (as fd 3) and the hold pipe
+            // (fd 4): a child of a concurrent test holding another pipe's
+            // write end would keep that test's reader waiting.
+            let r = libc::fcntl(results[1], libc::F_DUPFD, 100);
+            let h = libc::fcntl(hold[0], libc::F_DUPFD, 100);
+            libc::dup2(r, 3);
+            libc::dup2(h, 4);
+            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
+            let results = [-1, 3];
+            let hold = [4, -1];
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let moved = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            for sa in &addrs {
+                let mut e: i32 = -1; // not moved: no bind was tried
+                if moved {
+                    let s = libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
+                    let rc = libc::bind(
+                        s,
+                        (sa as *const libc::sockaddr_in6).cast(),
+                        mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    );
+                    e = if rc == 0 {
+                        libc::listen(s, 16);
+                        0
+                    } else {
+                        *libc::__errno_location()
+                    };
+                }
+                libc::write(results[1], (&e as *const i32).cast(), 4);
+            }
+            libc::close(results[1]);
+            let mut b = 0u8;
+            libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    unsafe {
+        libc::close(results[1]);
+        libc::close(hold[0]);
+    }
+    let proc = CgroupProc {
+        pid,
+        release: Some(unsafe { OwnedFd::from_raw_fd(hold[1]) }),
+    };
+    let mut f = unsafe { File::from_raw_fd(results[0]) };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).expect("read bind results");
+    let errs: Vec<i32> = buf
+        .chunks_exact(4)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(
+        errs.len(),
+        binds.len(),
+        "the child reported {} of {} binds",
+        errs.len(),
+        binds.len()
+    );
+    assert!(
+        errs.iter().all(|e| *e != -1),
+        "could not move a process into {}",
+        cgroup.display()
+    );
+    (errs, proc)
+}

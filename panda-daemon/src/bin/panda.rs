@@ -1,8 +1,8 @@
 //! panda: the command-line client of pandad.
-use std::{path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, net::Ipv6Addr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use panda::{api, config::Config, doctor, gc};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use panda::{api, config::Config, doctor, exec, gc, leases::Request};
 
 /// Talk to pandad, the IPv6 loopback-subnet daemon.
 #[derive(Parser)]
@@ -72,6 +72,97 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Reserve prefix addresses for a cgroup; prints them, one a line.
+    ///
+    /// A process in the cgroup, or anywhere below it, may bind only its own
+    /// addresses inside the prefix; no other process may bind them. With
+    /// `lease_mode = "open"` (the default) processes outside every leased
+    /// cgroup may still bind unleased addresses; with "leased-only", nothing
+    /// in the prefix is bindable without a lease. Denied binds fail with
+    /// EACCES and are counted (`lease_denied`). A lease lasts until it is
+    /// released or its cgroup is removed (a unit that stops), and survives
+    /// pandad restarts and crashes. Without --cgroup or --unit, the lease is
+    /// for the cgroup panda itself runs in.
+    ///
+    /// Examples:
+    ///   panda lease --unit web@blue.service
+    ///   panda lease --cgroup /sys/fs/cgroup/ci/job-17 --count 4
+    ///   panda lease --cgroup /ci/job-17 --addr fd00:1009:bacc::80
+    #[command(verbatim_doc_comment)]
+    Lease {
+        #[command(flatten)]
+        holder: Holder,
+        /// The address to lease (repeatable) [default: one, picked by pandad].
+        #[arg(long = "addr", value_name = "ADDR", conflicts_with = "count")]
+        addrs: Vec<Ipv6Addr>,
+        /// How many addresses pandad should pick (1..=1024).
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
+        /// Print {"cgroup", "addrs"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give leased addresses back: the --addr given, or every lease of the
+    /// cgroup (--cgroup/--unit, else panda's own). Prints what was released.
+    Release {
+        #[command(flatten)]
+        holder: Holder,
+        /// The address to release (repeatable).
+        #[arg(long = "addr", value_name = "ADDR")]
+        addrs: Vec<Ipv6Addr>,
+    },
+    /// List the leases: address, holder cgroup, and since when.
+    Leases {
+        /// Print a JSON array of {addr, cgroup, cgroup_id, level, since, exec}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a loopback address of its own.
+    ///
+    /// pandad makes a cgroup for the command (under `exec_cgroup`), leases an
+    /// address to it and exports it as PANDA_ADDR; the command and its
+    /// children may bind that address and no other in the prefix. panda
+    /// forwards signals to the command, exits with its status, and then
+    /// removes the cgroup (killing what the command left running in it) and
+    /// the lease. If panda is killed, pandad collects the lease once the
+    /// cgroup is empty.
+    ///
+    /// Example (a test harness starting servers side by side on one port):
+    ///   panda exec -- sh -c './my-server --listen "[$PANDA_ADDR]:8080"'
+    #[command(verbatim_doc_comment)]
+    Exec {
+        /// The address to lease, or `auto` for one pandad picks.
+        #[arg(long, value_name = "ADDR|auto", default_value = "auto", value_parser = parse_exec_addr)]
+        addr: ExecAddr,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+}
+
+/// Whose lease: one of --cgroup or --unit, or neither (panda's own cgroup).
+#[derive(ClapArgs)]
+struct Holder {
+    /// The cgroup: a path under the cgroup2 mount (/sys/fs/cgroup/a/b) or
+    /// as /proc/PID/cgroup names it (/a/b).
+    #[arg(long, value_name = "PATH", conflicts_with = "unit")]
+    cgroup: Option<String>,
+    /// A systemd unit, whose cgroup systemctl reports (it must be running).
+    #[arg(long, value_name = "NAME")]
+    unit: Option<String>,
+}
+
+/// `--addr` of exec.
+#[derive(Clone, Copy)]
+struct ExecAddr(Option<Ipv6Addr>);
+
+fn parse_exec_addr(s: &str) -> Result<ExecAddr, String> {
+    if s == "auto" {
+        return Ok(ExecAddr(None));
+    }
+    s.parse()
+        .map(|a| ExecAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is neither an IPv6 address nor `auto`"))
 }
 
 fn main() -> ExitCode {
@@ -96,6 +187,13 @@ fn main() -> ExitCode {
             eprintln!("panda: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The addresses of a lease or release answer, one a line.
+fn print_addrs(v: &serde_json::Value) {
+    for a in v["addrs"].as_array().into_iter().flatten() {
+        println!("{}", a.as_str().unwrap_or_default());
     }
 }
 
@@ -148,6 +246,49 @@ fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Lease {
+            holder,
+            addrs,
+            count,
+            json,
+        } => {
+            let req = Request::Lease {
+                cgroup: holder.cgroup,
+                unit: holder.unit,
+                addrs,
+                count,
+            };
+            let v = api::request(socket, &serde_json::to_string(&req)?)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_addrs(&v);
+            }
+        }
+        Command::Release { holder, addrs } => {
+            let req = Request::Release {
+                cgroup: holder.cgroup,
+                unit: holder.unit,
+                addrs,
+            };
+            print_addrs(&api::request(socket, &serde_json::to_string(&req)?)?);
+        }
+        Command::Leases { json } => {
+            let v = api::request(socket, &serde_json::to_string(&Request::Leases)?)?;
+            let leases: Vec<panda::leases::Lease> = serde_json::from_value(v["leases"].clone())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&leases)?);
+            } else if leases.is_empty() {
+                println!("no leases");
+            } else {
+                println!("{:<40} CGROUP", "ADDRESS");
+                for l in &leases {
+                    let exec = l.exec.map(|e| format!(" (panda exec, pid {})", e.pid));
+                    println!("{:<40} {}{}", l.addr, l.cgroup, exec.unwrap_or_default());
+                }
+            }
+        }
+        Command::Exec { addr, command } => return exec::run(socket, addr.0, &command),
         Command::Gc { dry_run } => print!("{}", gc::report(&gc::collect(&config.bpffs, dry_run)?)),
     }
     Ok(ExitCode::SUCCESS)
