@@ -215,6 +215,18 @@ fn exec_reports_the_commands_status_and_environment() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "fd00:1009:bacc::8080"
     );
+    // `$PANDA_ADDR` in an argument is panda's to replace, no shell needed.
+    let out = run(ns
+        .cmd(PANDA)
+        .args(["--socket", p.socket().to_str().unwrap(), "exec", "--"])
+        .args(["echo", "[$PANDA_ADDR]:8080", "${PANDA_ADDR}"]));
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (left, right) = printed.split_once(' ').unwrap();
+    assert_eq!(left, format!("[{right}]:8080"), "{printed}");
+    assert!(right
+        .parse::<Ipv6Addr>()
+        .is_ok_and(|a| a.segments()[..3] == [0xfd00, 0x1009, 0xbacc]));
     let out = run(ns
         .cmd(PANDA)
         .args(["--socket", p.socket().to_str().unwrap(), "exec", "--"])
@@ -357,6 +369,7 @@ fn a_thousand_concurrent_leases_are_all_unique() {
     assert_eq!(unique.len(), 1000, "an address was handed out twice");
     let t = table(&p);
     assert_eq!(t.len(), 1000);
+    assert_eq!(p.status()["leases"], 1000, "status counts the leases");
     let prefix_anchor = a("fd00:1009:bacc::1");
     assert!(!unique.contains(&prefix_anchor), "the anchor was leased");
     for cg in &cgs {
@@ -492,6 +505,87 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         );
         assert_eq!(table(&p), before, "{args:?} changed the leases");
     }
+    let (st, err) = p.stop();
+    assert!(st.success(), "{st}: {err}");
+}
+
+#[test]
+fn unit_leases_follow_the_units_cgroup() {
+    if !require_privileged() {
+        return;
+    }
+    let ns = Netns::new("ls-unit");
+    let unit = ChildCgroup::service("ls-unit");
+    let other = ChildCgroup::new("ls-unit-o");
+    let name = unit
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // A `systemctl show -p ControlGroup --value -- UNIT` that knows one
+    // running unit, as systemd reports it.
+    let dir = TempDir::new();
+    let bin = dir.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("systemctl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor u; do :; done\n[ \"$u\" = {name} ] && [ -d {path} ] && echo {rel}\nexit 0\n",
+            path = unit.path().display(),
+            rel = rel(unit.path())
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.path().join("pandad.toml");
+    std::fs::write(&cfg, base_config(dir.path())).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let p = Pandad::launch_args_env(
+        &ns,
+        dir,
+        &["--config", cfg.to_str().unwrap()],
+        &[("PATH", path)],
+    )
+    .ready();
+
+    let got = panda_ok(&p, &["lease", "--unit", &name]);
+    let addr: Ipv6Addr = got.trim().parse().unwrap();
+    assert_eq!(
+        table(&p),
+        BTreeSet::from([(addr.to_string(), rel(unit.path()))])
+    );
+    assert_eq!(
+        bind_errno(&ns, unit.path(), addr, 443),
+        0,
+        "the unit binds its address"
+    );
+    assert_eq!(
+        bind_errno(&ns, other.path(), addr, 443),
+        EACCES,
+        "nobody else does"
+    );
+    let out = p.panda(&["lease", "--unit", "nosuch.service"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nosuch.service has no cgroup"),
+        "{out:?}"
+    );
+    // The unit stops: its cgroup goes, and the lease with it.
+    drop(unit);
+    assert!(
+        wait_until(DEADLINE, || leases(&p).is_empty()),
+        "the stopped unit's lease was not collected: {:?}",
+        leases(&p)
+    );
+    assert_eq!(bind_errno(&ns, other.path(), addr, 443), 0);
     let (st, err) = p.stop();
     assert!(st.success(), "{st}: {err}");
 }

@@ -70,6 +70,9 @@ pub struct Status {
     /// Where the links are pinned.
     #[serde(default)]
     pub pin_dir: String,
+    /// Addresses leased (`panda leases` lists them).
+    #[serde(default)]
+    pub leases: u64,
 }
 
 /// Everything `status` answers with: the fixed part decided at start-up plus
@@ -79,6 +82,7 @@ pub struct StatusSource {
     pub started: Instant,
     pub bpf: Arc<Mutex<Bpf>>,
     pub repairs: Arc<Repairs>,
+    pub leases: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StatusSource {
@@ -96,6 +100,7 @@ impl StatusSource {
             .map(|(n, v)| (n.to_string(), v))
             .collect();
         s.repairs = self.repairs.snapshot();
+        s.leases = self.leases.load(std::sync::atomic::Ordering::Relaxed);
         Ok(s)
     }
 }
@@ -116,6 +121,12 @@ pub fn prometheus(s: &Status) -> String {
         "# HELP panda_uptime_seconds Seconds since this pandad became ready.\n\
          # TYPE panda_uptime_seconds gauge\npanda_uptime_seconds {}",
         s.uptime_secs
+    );
+    let _ = writeln!(
+        out,
+        "# HELP panda_leases Addresses leased to cgroups.\n\
+         # TYPE panda_leases gauge\npanda_leases {}",
+        s.leases
     );
     let _ = writeln!(
         out,

@@ -458,6 +458,7 @@ fn status_base(config: &Config, plan: &Plan, adopted: bool) -> Status {
         repairs: Default::default(),
         adopted,
         pin_dir: plan.pins.path().display().to_string(),
+        leases: 0,
     }
 }
 
@@ -479,6 +480,7 @@ async fn serve(
         started: Instant::now(),
         bpf: bpf.clone(),
         repairs: repairs.clone(),
+        leases: lease_service.count(),
     });
     let (leases, lease_task) = lease_service.start(bpf.clone());
     let reconciler = Reconciler::new(

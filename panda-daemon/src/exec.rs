@@ -91,6 +91,20 @@ fn exit_code(status: libc::c_int) -> u8 {
     }
 }
 
+/// An argument with `$PANDA_ADDR` / `${PANDA_ADDR}` replaced by the
+/// address, so that `panda exec -- server --listen '[$PANDA_ADDR]:8080'`
+/// works without a shell (the quotes keep the caller's shell, which runs
+/// before the address exists, from expanding it).
+fn substitute(arg: &OsString, addr: &str) -> OsString {
+    match arg.to_str() {
+        Some(s) if s.contains("$PANDA_ADDR") || s.contains("${PANDA_ADDR}") => s
+            .replace("${PANDA_ADDR}", addr)
+            .replace("$PANDA_ADDR", addr)
+            .into(),
+        _ => arg.clone(),
+    }
+}
+
 /// Runs `command` in a cgroup holding a lease of `addr` (None: auto).
 pub fn run(socket: &Path, addr: Option<Ipv6Addr>, command: &[OsString]) -> Result<ExitCode> {
     let Some((program, args)) = command.split_first() else {
@@ -131,7 +145,7 @@ pub fn run(socket: &Path, addr: Option<Ipv6Addr>, command: &[OsString]) -> Resul
         blocked.restore();
         let addr = String::from_utf8_lossy(&buf[..n]).into_owned();
         let err = std::process::Command::new(program)
-            .args(args)
+            .args(args.iter().map(|a| substitute(a, &addr)))
             .env("PANDA_ADDR", &addr)
             .exec();
         eprintln!("panda exec: {}: {err}", program.to_string_lossy());
@@ -189,4 +203,30 @@ pub fn run(socket: &Path, addr: Option<Ipv6Addr>, command: &[OsString]) -> Resul
         );
     }
     Ok(ExitCode::from(exit_code(status)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_both_spellings() {
+        let a = "fd00:1009:bacc::5";
+        assert_eq!(
+            substitute(&"[$PANDA_ADDR]:80".into(), a),
+            "[fd00:1009:bacc::5]:80"
+        );
+        assert_eq!(substitute(&"${PANDA_ADDR}".into(), a), a);
+        assert_eq!(
+            substitute(&"$PANDA_ADDRESS".into(), a),
+            "fd00:1009:bacc::5ESS"
+        );
+        assert_eq!(substitute(&"plain".into(), a), "plain");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(7 << 8), 7);
+        assert_eq!(exit_code(libc::SIGTERM), 128 + 15);
+    }
 }

@@ -341,6 +341,11 @@ fn list_json<T: serde::de::DeserializeOwned>(args: &[&str], what: &str) -> anyho
 /// [`listing`] with what it should be.
 pub struct Events {
     fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    /// What the notifications read so far say, until their transaction's
+    /// NEWGEN: kept here, not in [`Events::next_change`]'s future, because
+    /// the reconciler drops that future whenever another of its timers
+    /// fires first, and a transaction's notifications can span reads.
+    pending: Change,
 }
 
 impl Events {
@@ -399,7 +404,10 @@ impl Events {
         let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
             .map_err(std::io::Error::from)
             .context("registering the nf_tables socket")?;
-        Ok(Events { fd })
+        Ok(Events {
+            fd,
+            pending: Change::default(),
+        })
     }
 
     /// Waits for a transaction that concerns table `inet <table>` to end
@@ -411,11 +419,12 @@ impl Events {
     pub async fn next_change(&mut self, table: &str) -> Change {
         use std::os::fd::AsRawFd;
         let mut buf = vec![0u8; 1 << 16];
-        let mut change = Change::default();
+        // Cancellation-safe: the only await is `readable()`; everything read
+        // is absorbed into `self.pending` before the next one.
         loop {
             let Ok(mut guard) = self.fd.readable().await else {
                 std::future::pending::<()>().await;
-                return change;
+                return std::mem::take(&mut self.pending);
             };
             loop {
                 // SAFETY: buf is a valid writable buffer of its length.
@@ -428,22 +437,22 @@ impl Events {
                     )
                 };
                 if n >= 0 {
-                    change.absorb(&buf[..n as usize], table);
+                    self.pending.absorb(&buf[..n as usize], table);
                     continue;
                 }
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EAGAIN) => break,
                     Some(libc::EINTR) => continue,
                     _ => {
-                        change.touched = true;
-                        change.complete = true;
+                        self.pending.touched = true;
+                        self.pending.complete = true;
                         break;
                     }
                 }
             }
             guard.clear_ready();
-            if change.touched && change.complete {
-                return change;
+            if self.pending.touched && self.pending.complete {
+                return std::mem::take(&mut self.pending);
             }
         }
     }

@@ -385,6 +385,8 @@ pub struct Service {
     levels_in_maps: u64,
     /// Names of exec cgroups made so far (unique per pandad).
     exec_serial: u64,
+    /// The number of leases, for `panda status` and the metrics.
+    count: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Seconds since the epoch.
@@ -436,6 +438,7 @@ impl Service {
             holders_in_maps: BTreeMap::new(),
             levels_in_maps: 0,
             exec_serial: 0,
+            count: Arc::default(),
         };
         let outside: Vec<Ipv6Addr> = s
             .store
@@ -543,10 +546,17 @@ impl Service {
         if levels != self.levels_in_maps {
             bpf.set_lease_levels(levels)?;
         }
+        self.count
+            .store(wanted.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.in_maps = wanted;
         self.holders_in_maps = holders;
         self.levels_in_maps = levels;
         Ok(())
+    }
+
+    /// The number of leases in force, kept current by the service.
+    pub fn count(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.count.clone()
     }
 
     /// Serves requests until the future is dropped. The handle goes to the

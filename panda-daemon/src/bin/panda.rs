@@ -125,9 +125,12 @@ enum Command {
     /// forwards signals to the command, exits with its status, and then
     /// removes the cgroup (killing what the command left running in it) and
     /// the lease. If panda is killed, pandad collects the lease once the
-    /// cgroup is empty.
+    /// cgroup is empty. `$PANDA_ADDR` and `${PANDA_ADDR}` in CMD's arguments
+    /// are replaced with the address (quote them so that your shell does
+    /// not expand them first).
     ///
-    /// Example (a test harness starting servers side by side on one port):
+    /// Examples (a test harness starting servers side by side on one port):
+    ///   panda exec -- ./my-server --listen '[$PANDA_ADDR]:8080'
     ///   panda exec -- sh -c './my-server --listen "[$PANDA_ADDR]:8080"'
     #[command(verbatim_doc_comment)]
     Exec {
@@ -223,6 +226,7 @@ fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
                         ""
                     }
                 );
+                println!("leases        {} (panda leases lists them)", s.leases);
                 println!("counters");
                 for (k, v) in &s.counters {
                     println!("  {k:<20} {v}");
