@@ -169,6 +169,9 @@ fn bad_config_rejected_and_nothing_changed() {
         ("prefx = \"fd00:1009:bacc::/48\"", "prefx"),
         ("cgroup = \"/nonexistent/panda-cgroup\"", "cgroup"),
         ("table = \"\"", "table"),
+        ("lease_mode = \"closed\"", "lease_mode"),
+        // Outside the cgroup the hooks attach to (the root, in guard mode).
+        ("exec_cgroup = \"/elsewhere/panda.exec\"", "exec_cgroup"),
     ];
     let mut failures = Vec::new();
     for (line, key) in cases {

@@ -429,6 +429,14 @@ impl Service {
         prefix: Prefix,
         bpf: &mut Bpf,
     ) -> Result<Service> {
+        if !cgroups.exec_parent.starts_with(&cgroups.attach) {
+            bail!(
+                "config key `exec_cgroup`: {} is outside {}, where panda's hooks are attached; \
+                 `panda exec`'s leases there would not be enforced",
+                cgroups.exec_parent.display(),
+                cgroups.attach.display()
+            );
+        }
         let store = Store::load(state_dir)?;
         let mut s = Service {
             store,

@@ -111,7 +111,7 @@ enum Command {
         #[arg(long = "addr", value_name = "ADDR")]
         addrs: Vec<Ipv6Addr>,
     },
-    /// List the leases: address, holder cgroup, and since when.
+    /// List the leases: address and holder cgroup (--json: every field).
     Leases {
         /// Print a JSON array of {addr, cgroup, cgroup_id, level, since, exec}.
         #[arg(long)]
