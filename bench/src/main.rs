@@ -1,17 +1,20 @@
 //! panda-bench: what panda's loopback subnet costs and what it buys,
 //! measured side by side (`cargo xtask bench`, issue 4).
 //!
-//! * `panda-bench run` (as root) runs the five cases in throwaway network
+//! * `panda-bench run` (as root) runs the six cases in throwaway network
 //!   namespaces, writes the raw samples as JSON and prints the tables;
 //! * `panda-bench report` (as the user) renders BENCHMARKS.md and the plots
 //!   from that JSON, so that no file in the repository is owned by root;
-//! * `panda-bench worker` is the scale case's listener-holding subprocess.
+//! * `panda-bench worker` is the scale case's listener-holding subprocess,
+//!   `panda-bench binder` the leases case's binding one.
 //!
 //! A case that fails does not stop the others, but makes `run` exit
 //! non-zero, and `report` refuses a run with a missing case.
 
+mod binder;
 mod bpfstats;
 mod cases;
+mod cgroup;
 mod clock;
 mod emptyprog;
 mod interrupt;
@@ -61,8 +64,8 @@ enum Cmd {
         /// The command line to state in the report.
         #[arg(long, default_value = "panda-bench run")]
         command: String,
-        /// Run only these cases (hook, scale, setup, churn, daemon), for
-        /// development; the report refuses a run that misses any.
+        /// Run only these cases (hook, scale, setup, churn, daemon, leases),
+        /// for development; the report refuses a run that misses any.
         #[arg(long, value_delimiter = ',', value_name = "CASES")]
         only: Option<Vec<String>>,
     },
@@ -81,6 +84,22 @@ enum Cmd {
         netns: PathBuf,
         #[arg(long, value_enum)]
         family: worker::Family,
+        #[arg(long)]
+        subnet: u16,
+        #[arg(long)]
+        first: u64,
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        port: u16,
+    },
+    /// (internal) Bind from a cgroup of its own for the leases case.
+    #[command(hide = true)]
+    Binder {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cgroup: PathBuf,
         #[arg(long)]
         subnet: u16,
         #[arg(long)]
@@ -110,6 +129,23 @@ fn main() -> ExitCode {
             count,
             port,
         } => worker::listen(&netns, family, subnet, first, count, port),
+        Cmd::Binder {
+            netns,
+            cgroup,
+            subnet,
+            first,
+            count,
+            port,
+        } => binder::serve(
+            &netns,
+            &cgroup,
+            binder::Addrs {
+                subnet,
+                first,
+                count,
+                port,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,7 +156,7 @@ fn main() -> ExitCode {
     }
 }
 
-const CASES: [&str; 5] = ["hook", "scale", "setup", "churn", "daemon"];
+const CASES: [&str; 6] = ["hook", "scale", "setup", "churn", "daemon", "leases"];
 
 fn run(
     quick: bool,
@@ -146,6 +182,7 @@ fn run(
     interrupt::install();
     netns::sweep_stale();
     tempdir::sweep_stale();
+    cgroup::sweep_stale();
 
     let plan = Plan::new(quick);
     let t0 = Instant::now();
@@ -163,6 +200,7 @@ fn run(
         setup: None,
         churn: None,
         daemon: None,
+        leases: None,
         failures: Vec::new(),
     };
     let ctx = Ctx {
@@ -219,6 +257,9 @@ fn run(
     }
     if wanted("daemon") {
         r.daemon = case("daemon", "5: daemon", f, || cases::daemon::run(&ctx));
+    }
+    if wanted("leases") {
+        r.leases = case("leases", "6: leases", f, || cases::leases::run(&ctx));
     }
     r.run.wall_s = t0.elapsed().as_secs_f64();
     r.machine.load_end = machine::loadavg();

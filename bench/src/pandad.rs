@@ -175,6 +175,12 @@ impl Pandad {
         }
     }
 
+    /// One request on pandad's API socket (a JSON line, as `panda` sends
+    /// it); its JSON answer, or pandad's error.
+    pub fn request(&self, json: &serde_json::Value) -> Result<serde_json::Value> {
+        panda::api::request(&self.dir.path().join("pandad.sock"), &json.to_string())
+    }
+
     /// What pandad wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()

@@ -15,6 +15,11 @@ pub struct Plan {
     /// other variants' batches.
     pub hook_batch: u32,
     pub hook_rounds: usize,
+    /// Case 6: operations per batch and batches per variant and repeat,
+    /// as case 1's (one binder process per variant; the phases are a lease
+    /// table filled or emptied through the API, so they change fast).
+    pub leases_batch: u32,
+    pub leases_rounds: usize,
     /// Cases 2 and 3: numbers of addresses.
     pub sizes: Vec<u32>,
     /// Case 4: how long the client churns, per sample.
@@ -45,6 +50,8 @@ impl Plan {
                 repeats: 3,
                 hook_batch: 2_500,
                 hook_rounds: 12,
+                leases_batch: 2_000,
+                leases_rounds: 12,
                 sizes: vec![1_000, 10_000],
                 churn: Duration::from_secs(1),
                 idle: Duration::from_secs(3),
@@ -58,6 +65,8 @@ impl Plan {
                 repeats: 5,
                 hook_batch: 5_000,
                 hook_rounds: 20,
+                leases_batch: 5_000,
+                leases_rounds: 20,
                 sizes: vec![1_000, 10_000, 100_000],
                 churn: Duration::from_secs(5),
                 idle: Duration::from_secs(10),

@@ -15,6 +15,9 @@ pub struct Results {
     pub setup: Option<Setup>,
     pub churn: Option<Churn>,
     pub daemon: Option<Daemon>,
+    /// Case 6 (absent from runs made before it existed).
+    #[serde(default)]
+    pub leases: Option<Leases>,
     /// One line per case that failed.
     pub failures: Vec<String>,
 }
@@ -197,4 +200,26 @@ pub struct Repair {
     pub samples_ms: Vec<f64>,
     /// `repaired KIND:` lines pandad logged (one per repair expected).
     pub warn_lines: usize,
+}
+
+/// Case 6: what leases add to a prefix bind (socket+bind+listen+close),
+/// each variant's binds made by a process in its own cgroup.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Leases {
+    pub ops_per_batch: u32,
+    pub batches_per_repeat: usize,
+    /// Leases in force during the leased phases, and the cgroups holding
+    /// them (an equal share each).
+    pub leases: u32,
+    pub holders: u32,
+    /// The holders' depth below the cgroup2 root (the one level bind6's
+    /// walk looks at); the outside binder sits at the same depth.
+    pub holder_level: u32,
+    /// Same shape as case 1's; baselines are the no-lease variants.
+    pub variants: Vec<HookVariant>,
+    /// bind6's run time per path, as in case 1.
+    pub bpf: Vec<BpfRunTime>,
+    /// Batches timed again because another pandad's bind6 program came or
+    /// went while they ran.
+    pub batches_retaken: u32,
 }

@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 
 use crate::{cmd, ebpf, host, prereqs, privilege};
 
-/// Sets up, builds everything in release mode, runs the suite, writes the
-/// report. Fails if any case fails or is missing.
-pub fn bench(quick: bool) -> Result<()> {
+/// Sets up, builds everything in release mode, runs the suite (or only the
+/// cases `only` names), writes the report (not for `only`: the report is
+/// rendered from complete runs). Fails if any case fails or is missing.
+pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     prereqs::ensure(prereqs::Mode::Install)?;
     // Measure what users run: the optimised BPF object and binaries.
     ebpf::build(true)?;
@@ -25,22 +26,35 @@ pub fn bench(quick: bool) -> Result<()> {
     let results = out_dir.join("results.json");
     File::create(&results).with_context(|| format!("creating {}", results.display()))?;
 
-    let command = if quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let mut command = String::from("cargo xtask bench");
+    if quick {
+        command.push_str(" --quick");
+    }
+    if !only.is_empty() {
+        command.push_str(&format!(" --only {}", only.join(",")));
+    }
     let mut run = privilege::command_as_root(&bench, &[])?;
     run.arg("run")
         .arg("--pandad")
         .arg(host::bin("pandad", true))
         .arg("--results")
         .arg(&results)
-        .args(["--command", command]);
+        .args(["--command", &command]);
     if quick {
         run.arg("--quick");
     }
+    if !only.is_empty() {
+        run.arg("--only").arg(only.join(","));
+    }
     cmd::run(&mut run)?;
+    if !only.is_empty() {
+        eprintln!(
+            "bench: only {} run; BENCHMARKS.md not rewritten (samples in {})",
+            only.join(", "),
+            results.display()
+        );
+        return Ok(());
+    }
 
     cmd::run(
         Command::new(&bench)

@@ -22,7 +22,7 @@ pub fn ci() -> Result<()> {
             ..vm::Options::default()
         },
     )?;
-    bench::bench(true)?;
+    bench::bench(true, &[])?;
     cmd::run(host::cargo().args(["fmt", "--all", "--", "--check"]))?;
     // panda-ebpf is its own workspace, so `--all` above does not reach it.
     cmd::run(host::cargo().args([

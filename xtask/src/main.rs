@@ -106,6 +106,11 @@ enum Task {
         /// Fewer repeats, N only up to 10,000, shorter windows.
         #[arg(long)]
         quick: bool,
+        /// Run only these cases (hook, scale, setup, churn, daemon, leases),
+        /// for development: the tables are printed, BENCHMARKS.md is left
+        /// as it is (it is rendered from complete runs only).
+        #[arg(long, value_delimiter = ',', value_name = "CASES")]
+        only: Vec<String>,
     },
     // ---------------------------------------------------------------------
     // Reserved for future tasks (not implemented yet):
@@ -148,7 +153,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             testing::test(&args)?;
         }
         Task::Ci => ci::ci()?,
-        Task::Bench { quick } => bench::bench(quick)?,
+        Task::Bench { quick, only } => bench::bench(quick, &only)?,
         Task::VmTest {
             kernels,
             test_threads,

@@ -1,9 +1,10 @@
-//! The five cases of the suite, one module each, and the namespace set-ups
+//! The six cases of the suite, one module each, and the namespace set-ups
 //! they share.
 
 pub mod churn;
 pub mod daemon;
 pub mod hook;
+pub mod leases;
 pub mod repair;
 pub mod scale;
 pub mod setup;
@@ -24,7 +25,8 @@ pub struct Ctx {
     pub plan: Plan,
     /// The pandad binary under test.
     pub pandad: PathBuf,
-    /// panda-bench itself, for the scale case's worker processes.
+    /// panda-bench itself, for the scale case's workers and the leases
+    /// case's binders.
     pub self_exe: PathBuf,
 }
 

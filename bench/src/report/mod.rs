@@ -12,7 +12,9 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    results::{Churn, Cost, Daemon, Hook, Repair, Results, Scale, Setup},
+    results::{
+        BpfRunTime, Churn, Cost, Daemon, Hook, HookVariant, Leases, Repair, Results, Scale, Setup,
+    },
     stats::{paired_ratios, Summary},
 };
 
@@ -28,6 +30,7 @@ pub fn write(r: &Results, root: &Path) -> Result<()> {
         ("set-up cost", r.setup.is_none()),
         ("churn", r.churn.is_none()),
         ("daemon", r.daemon.is_none()),
+        ("leases", r.leases.is_none()),
     ]
     .into_iter()
     .filter_map(|(name, gone)| gone.then_some(name))
@@ -69,31 +72,36 @@ pub fn markdown(r: &Results, plots: &[(&'static str, String)]) -> String {
     let _ = writeln!(o, "\n## 1. Hook overhead\n");
     match &r.hook {
         Some(h) => hook(&mut o, h),
-        None => missing(&mut o),
+        None => missing(&mut o, r, "hook"),
     }
     plot(&mut o, "hook");
     let _ = writeln!(o, "\n## 2. Scale: N listeners on one port\n");
     match &r.scale {
         Some(s) => scale(&mut o, s),
-        None => missing(&mut o),
+        None => missing(&mut o, r, "scale"),
     }
     plot(&mut o, "scale");
     let _ = writeln!(o, "\n## 3. Set-up cost against one /128 per address\n");
     match &r.setup {
         Some(s) => setup(&mut o, s),
-        None => missing(&mut o),
+        None => missing(&mut o, r, "setup"),
     }
     plot(&mut o, "setup");
     let _ = writeln!(o, "\n## 4. Connection churn (TIME-WAIT)\n");
     match &r.churn {
         Some(c) => churn(&mut o, c),
-        None => missing(&mut o),
+        None => missing(&mut o, r, "churn"),
     }
     plot(&mut o, "churn");
     let _ = writeln!(o, "\n## 5. The daemon\n");
     match &r.daemon {
         Some(d) => daemon(&mut o, d),
-        None => missing(&mut o),
+        None => missing(&mut o, r, "daemon"),
+    }
+    let _ = writeln!(o, "\n## 6. Leases\n");
+    match &r.leases {
+        Some(l) => leases(&mut o, l),
+        None => missing(&mut o, r, "leases"),
     }
     if !r.failures.is_empty() {
         let _ = writeln!(o, "\n## Failures\n");
@@ -104,8 +112,18 @@ pub fn markdown(r: &Results, plots: &[(&'static str, String)]) -> String {
     o
 }
 
-fn missing(o: &mut String) {
-    let _ = writeln!(o, "**Not measured: this case failed (see Failures).**");
+/// What stands in for a case the run has no result for: it failed, or it
+/// was not asked for (`--only`; such a run is printed, never written).
+fn missing(o: &mut String, r: &Results, case: &str) {
+    let failed = r
+        .failures
+        .iter()
+        .any(|f| f.starts_with(&format!("{case}:")));
+    let _ = if failed {
+        writeln!(o, "**Not measured: this case failed (see Failures).**")
+    } else {
+        writeln!(o, "**Not measured: this case was not run (`--only`).**")
+    };
 }
 
 fn header(o: &mut String, r: &Results) {
@@ -243,12 +261,41 @@ fn hook(o: &mut String, h: &Hook) {
          they count as the program's: the empty program, attached for the same binds, \
          shows that share, and bind6's own time is the difference (per repeat):\n"
     );
+    bpf_table(o, &h.bpf, &h.variants);
+    let without = max_u32(&h.bind6_programs_without_pandad);
+    let with = max_u32(&h.bind6_programs_with_pandad);
+    let _ = writeln!(
+        o,
+        "\ncgroup/bind6 programs in effect for the suite's binds: at most {without} during \
+         the no-program samples, {with} during the panda samples{}.",
+        if without > 0 {
+            " (the extra ones belong to other pandads on the host, e.g. tests; they run on \
+             every bind in both variants)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        "Each batch ran with only the suite's own programs in effect: it waited while \
+         other pandads' programs (tests, say) were attached, and was timed again when \
+         their count changed during it ({} batch{} retaken in this run).",
+        h.batches_retaken,
+        if h.batches_retaken == 1 { "" } else { "es" }
+    );
+}
+
+/// bind6's run time per path (cases 1 and 6): ns per run, the empty
+/// program's over the same binds, their difference, and that difference as
+/// a share of the path's operation (its variant's CPU µs).
+fn bpf_table(o: &mut String, bpf: &[BpfRunTime], variants: &[HookVariant]) {
+    let find = |k: &str| variants.iter().find(|v| v.key == k);
     let _ = writeln!(
         o,
         "| path | ns per run | empty program, same binds | bind6's own (difference) | runs per sample | own share of the operation |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|");
-    for b in &h.bpf {
+    for b in bpf {
         let s = Summary::of(&b.ns_per_run);
         let e = Summary::of(&b.empty_ns_per_run);
         let own: Vec<f64> = b
@@ -279,27 +326,6 @@ fn hook(o: &mut String, h: &Hook) {
             share
         );
     }
-    let without = max_u32(&h.bind6_programs_without_pandad);
-    let with = max_u32(&h.bind6_programs_with_pandad);
-    let _ = writeln!(
-        o,
-        "\ncgroup/bind6 programs in effect for the suite's binds: at most {without} during \
-         the no-program samples, {with} during the panda samples{}.",
-        if without > 0 {
-            " (the extra ones belong to other pandads on the host, e.g. tests; they run on \
-             every bind in both variants)"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        o,
-        "Each batch ran with only the suite's own programs in effect: it waited while \
-         other pandads' programs (tests, say) were attached, and was timed again when \
-         their count changed during it ({} batch{} retaken in this run).",
-        h.batches_retaken,
-        if h.batches_retaken == 1 { "" } else { "es" }
-    );
 }
 
 fn hook_ratio(h: &Hook, key: &str) -> Option<Summary> {
@@ -670,6 +696,153 @@ fn repair(o: &mut String, r: &[Repair]) {
 }
 
 // ----------------------------------------------------------------------------
+// Case 6
+// ----------------------------------------------------------------------------
+
+/// The goal for case 6: leases add at most this much to a prefix bind.
+const LEASE_GOAL: f64 = 1.05;
+
+fn leases(o: &mut String, l: &Leases) {
+    let _ = writeln!(
+        o,
+        "What a lease table adds to a bind inside the prefix: case 1's operation \
+         (socket + bind + listen + close) on {per} addresses in turn, same port, by a \
+         binder process in a cgroup of its own (bind6 judges the task calling bind()), \
+         timed in batches of {ops}. One pandad (guard, `lease_mode = \"open\"`) for the \
+         whole case; the phases alternate {rounds} times per repeat in rotating order: \
+         an empty lease table, or {n} leases held by {h} sibling cgroups {level} levels \
+         below the cgroup2 root, {per} each, made with one `lease` request per holder \
+         (and emptied with `release`) on pandad's API. \"Holder\": the binder in one of \
+         them, binding its own leased addresses (one `LEASES` lookup and one \
+         ancestor-cgroup compare). \"Outside\": a binder in a sibling cgroup that holds \
+         nothing, binding addresses nobody leased (the `LEASES` lookup misses, then one \
+         `HOLDERS` lookup per cgroup level with holders: here one). Each binder is \
+         compared with itself in the no-lease phase of the same repeat; CPU time as in \
+         case 1, and only the suite's program in effect.\n",
+        per = thousands(f64::from(l.leases / l.holders.max(1))),
+        ops = thousands(f64::from(l.ops_per_batch)),
+        rounds = l.batches_per_repeat,
+        n = thousands(f64::from(l.leases)),
+        h = l.holders,
+        level = l.holder_level,
+    );
+    let _ = writeln!(
+        o,
+        "| variant | CPU µs per operation | compared with | ratio | leases add, ns per operation | wall µs per operation |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|");
+    let find = |k: &str| l.variants.iter().find(|v| v.key == k);
+    for v in &l.variants {
+        let (base, ratio, added) = match v.baseline.as_deref().and_then(find) {
+            Some(b) => {
+                let added: Vec<f64> = v
+                    .us_per_op
+                    .iter()
+                    .zip(&b.us_per_op)
+                    .map(|(x, y)| 1000.0 * (x - y))
+                    .collect();
+                (
+                    b.label.clone(),
+                    ratio_text(&Summary::of(&paired_ratios(&v.us_per_op, &b.us_per_op))),
+                    fmt_spread(&Summary::of(&added), 0),
+                )
+            }
+            None => ("(baseline)".into(), "1".into(), "—".into()),
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            v.label,
+            fmt_spread(&Summary::of(&v.us_per_op), 2),
+            base,
+            ratio,
+            added,
+            fmt_spread(&Summary::of(&v.wall_us_per_op), 2)
+        );
+    }
+    let ratio = |key: &str| {
+        let v = find(key)?;
+        let b = find(v.baseline.as_deref()?)?;
+        Some(Summary::of(&paired_ratios(&v.us_per_op, &b.us_per_op)).median)
+    };
+    if let (Some(held), Some(walk)) = (ratio("holder-leased"), ratio("outside-leased")) {
+        let verdict = |x: f64| if x <= LEASE_GOAL { "met" } else { "not met" };
+        let _ = writeln!(
+            o,
+            "\nGoal: leases add ≤ {:.0} % to a prefix bind. Holder binding its own leased \
+             address: {held:.3}× ({}); outside every holder, unleased address: {walk:.3}× ({}).",
+            (LEASE_GOAL - 1.0) * 100.0,
+            verdict(held),
+            verdict(walk)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nbind6's own run time per path (BPF statistics in a separate pass, less the \
+         empty program's figure over the same binds, as in case 1):\n"
+    );
+    bpf_table(o, &l.bpf, &l.variants);
+    if let Some(line) = lease_run_time(l) {
+        let _ = writeln!(o, "\n{line}");
+    }
+    let _ = writeln!(
+        o,
+        "\nEach batch ran with only the suite's own program in effect ({} batch{} retaken \
+         in this run).",
+        l.batches_retaken,
+        if l.batches_retaken == 1 { "" } else { "es" }
+    );
+}
+
+/// What leases add by bind6's own run time: each leased path's figure less
+/// the no-lease one (paired by repeat), and that as a share of the no-lease
+/// operation. It counts nothing but the program's work, so it is not lost
+/// in the variance of the rest of the operation as the CPU-time ratios can
+/// be on a busy machine.
+fn lease_run_time(l: &Leases) -> Option<String> {
+    let own = |variant: &str| -> Option<Vec<f64>> {
+        let b = l.bpf.iter().find(|b| b.variant == variant)?;
+        let own: Vec<f64> = b
+            .ns_per_run
+            .iter()
+            .zip(&b.empty_ns_per_run)
+            .map(|(x, y)| x - y)
+            .collect();
+        (!own.is_empty()).then_some(own)
+    };
+    let none = own("holder-none")?;
+    let base = l.variants.iter().find(|v| v.key == "holder-none")?;
+    let base_ns = 1000.0 * Summary::of(&base.us_per_op).median;
+    let added = |variant: &str| -> Option<Summary> {
+        let d: Vec<f64> = own(variant)?
+            .iter()
+            .zip(&none)
+            .map(|(a, b)| a - b)
+            .collect();
+        Some(Summary::of(&d))
+    };
+    let (held, walk) = (added("holder-leased")?, added("outside-leased")?);
+    let share = |s: &Summary| 100.0 * s.median / base_ns;
+    let worst = share(&held).max(share(&walk));
+    Some(format!(
+        "By bind6's own run time, leases add {} ns per bind for a holder binding its \
+         leased address and {} ns for the level walk (each less the no-lease path's, same \
+         repeat): {:.1} % and {:.1} % of the no-lease operation ({} ns); goal ≤ {:.0} %: {}.",
+        fmt_spread(&held, 0),
+        fmt_spread(&walk, 0),
+        share(&held),
+        share(&walk),
+        thousands(base_ns),
+        (LEASE_GOAL - 1.0) * 100.0,
+        if worst <= (LEASE_GOAL - 1.0) * 100.0 {
+            "met"
+        } else {
+            "not met"
+        }
+    ))
+}
+
+// ----------------------------------------------------------------------------
 // Formatting
 // ----------------------------------------------------------------------------
 
@@ -778,5 +951,55 @@ mod tests {
         let s = Summary::of(&[1.0, 1.02, 1.05]);
         assert_eq!(ratio_text(&s), "1.020× (1.000–1.050)");
         assert_eq!(fmt_spread(&s, 2), "1.02 (1.00–1.05)");
+    }
+
+    fn variant(key: &str, baseline: Option<&str>, us: &[f64]) -> HookVariant {
+        HookVariant {
+            key: key.into(),
+            label: key.into(),
+            baseline: baseline.map(Into::into),
+            us_per_op: us.to_vec(),
+            wall_us_per_op: us.to_vec(),
+        }
+    }
+
+    #[test]
+    fn leases_section_pairs_each_binder_with_itself() {
+        let l = Leases {
+            ops_per_batch: 2_000,
+            batches_per_repeat: 6,
+            leases: 1_000,
+            holders: 10,
+            holder_level: 2,
+            variants: vec![
+                variant("holder-none", None, &[5.0, 4.0]),
+                variant("outside-none", None, &[5.0, 5.0]),
+                variant("holder-leased", Some("holder-none"), &[5.1, 4.08]),
+                variant("outside-leased", Some("outside-none"), &[5.5, 5.5]),
+            ],
+            bpf: Vec::new(),
+            batches_retaken: 0,
+        };
+        let mut o = String::new();
+        leases(&mut o, &l);
+        assert!(o.contains("| 1.020× (1.020–1.020) | 90 (80–100) |"), "{o}");
+        assert!(
+            o.contains("its own leased address: 1.020× (met); outside every holder, unleased address: 1.100× (not met)"),
+            "{o}"
+        );
+    }
+
+    #[test]
+    fn a_run_from_before_the_leases_case_still_parses() {
+        let r: Results = serde_json::from_str(
+            r#"{"machine":{"cpu":"c","nproc":2,"kernel":"k","mem_total_mb":1,
+                "load_start":"","load_end":"","bind6_programs_at_start":0},
+                "run":{"quick":true,"command":"c","repeats":1,"started":"s","wall_s":1.0},
+                "hook":null,"scale":null,"setup":null,"churn":null,"daemon":null,
+                "failures":[]}"#,
+        )
+        .unwrap();
+        assert!(r.leases.is_none());
+        assert!(markdown(&r, &[]).contains("## 6. Leases\n\n**Not measured: this case was not run"));
     }
 }
