@@ -85,6 +85,11 @@ pub struct Reconciler<'a> {
     routes: Option<netlink::Events>,
     /// nf_tables notifications; None if the subscription failed.
     nft: Option<firewall::Events>,
+    /// Fast ticks left at which to look at the route again after the
+    /// anchor was re-added: an `ip addr del` still running clears the
+    /// route's source (`rt6_remove_prefsrc`) after its RTM_DELADDR went
+    /// out, and sends no notification for that.
+    route_rechecks: u8,
 }
 
 impl<'a> Reconciler<'a> {
@@ -132,6 +137,7 @@ impl<'a> Reconciler<'a> {
             cgroup_id,
             routes,
             nft,
+            route_rechecks: 0,
         })
     }
 
@@ -157,6 +163,10 @@ impl<'a> Reconciler<'a> {
                 _ = fast.tick() => {
                     self.check_sysctl();
                     self.check_links();
+                    if self.route_rechecks > 0 {
+                        self.route_rechecks -= 1;
+                        self.check_route().await;
+                    }
                 }
                 _ = backstop.tick() => {
                     self.check_route().await;
@@ -191,6 +201,7 @@ impl<'a> Reconciler<'a> {
         let anchor = self.config.prefix.anchor();
         match self.nl.add_anchor(anchor).await {
             Ok(true) => {
+                self.route_rechecks = 3;
                 self.own(|r| r.owns_anchor = true);
                 self.repaired(
                     "anchor",
