@@ -5,8 +5,9 @@
 //! Requests: `status` (one JSON line) and `metrics` (Prometheus text
 //! exposition format, up to the end of the stream), or one JSON object
 //! (`{"op": "lease", ...}`, see [`leases::Request`]) answered with one JSON
-//! line. Anything else gets `{"error": "..."}`. With `metrics_listen`, the same metrics are also
-//! served over HTTP on a loopback address ([`MetricsServer`]).
+//! line. Anything else gets `{"error": "..."}`. With `metrics_listen`, the
+//! same metrics are also served over HTTP on a loopback address
+//! ([`MetricsServer`]).
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},

@@ -1,6 +1,6 @@
 //! panda: a node-local IPv6 loopback subnet, the IPv6 twin of 127.0.0.0/8.
 //!
-//! The daemon (`pandad`) owns four pieces of kernel state in the network
+//! The daemon (`pandad`) owns five pieces of state in the network
 //! namespace it runs in, each through exactly one module:
 //!
 //! | state                                   | owner        |
@@ -9,9 +9,11 @@
 //! | the `inet panda` nftables table         | [`firewall`] |
 //! | `net.ipv6.ip_nonlocal_bind` (guard)     | [`sysctl`]   |
 //! | BPF programs, links and maps            | [`bpf`]      |
+//! | leases: their store, the lease maps' contents, exec cgroups | [`leases`] |
 //!
 //! [`daemon`] sequences them (set up in order, tear down in reverse) and
-//! [`api`] answers `panda status` over a unix socket. Two CLI commands look
+//! [`api`] answers `panda status`, `panda lease` and the rest over a unix
+//! socket; [`exec`] is the client side of `panda exec`. Two CLI commands look
 //! at that state from outside pandad, and work without one: [`doctor`] and
 //! [`gc`].
 pub mod api;
