@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::{clock::Stamp, netns, sock};
+use crate::{batch, netns, sock};
 
 /// Untimed operations before each timed batch (as case 1's).
 const WARMUP: u32 = 500;
@@ -179,13 +179,6 @@ pub fn serve(netns_path: &Path, cgroup: &Path, addrs: Addrs) -> Result<()> {
 /// The timed loop: (CPU ns, wall ns) for `ops` operations after the warm-up.
 fn time(addrs: Addrs, ops: u32) -> Result<(u128, u128)> {
     let one = |i: u32| sock::bind_listen_close6(addrs.nth(i), addrs.port);
-    for i in 0..WARMUP {
-        one(i)?;
-    }
-    let t0 = Stamp::now();
-    for i in 0..ops {
-        one(i)?;
-    }
-    let (cpu, wall) = t0.elapsed();
+    let (cpu, wall) = batch::time_loop(WARMUP, ops, one)?;
     Ok((cpu.as_nanos(), wall.as_nanos()))
 }

@@ -11,6 +11,7 @@
 //! A case that fails does not stop the others, but makes `run` exit
 //! non-zero, and `report` refuses a run with a missing case.
 
+mod batch;
 mod binder;
 mod bpfstats;
 mod cases;

@@ -91,6 +91,18 @@ pub struct BpfRunTime {
     pub empty_ns_per_run: Vec<f64>,
 }
 
+impl BpfRunTime {
+    /// bind6's own ns per run, per repeat: its figure less the empty
+    /// program's over the same binds (the statistics' own cost).
+    pub fn own_ns_per_run(&self) -> Vec<f64> {
+        self.ns_per_run
+            .iter()
+            .zip(&self.empty_ns_per_run)
+            .map(|(x, y)| x - y)
+            .collect()
+    }
+}
+
 /// Case 2: N listeners on one port.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scale {

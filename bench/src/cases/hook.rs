@@ -32,16 +32,15 @@ use anyhow::{bail, Result};
 
 use super::{add_addrs, progress, Ctx, KernelOnlySubnet};
 use crate::{
+    batch::{time_loop, BpfSamples, Variants},
     bpfstats,
-    clock::Stamp,
     emptyprog::EmptyBind6,
     interrupt, machine,
     netns::Netns,
     pandad::{Launch, Pandad},
     plan::interleave,
-    results::{BpfRunTime, Hook, HookVariant},
+    results::{Hook, HookVariant},
     sock::{self, outside_addr, prefix_addr, v4_loopback},
-    stats::Summary,
 };
 
 const PORT: u16 = 8080;
@@ -109,39 +108,9 @@ const VARIANTS: &[(&str, &str, Option<&str>)] = &[
     ("v4-none", "IPv4 127/8, no program", Some("v6-prefix-none")),
 ];
 
-/// Per variant: (CPU µs, wall µs) of each batch of the current repeat, and
-/// the per-repeat medians.
-struct Samples {
-    key: &'static str,
-    batches: Vec<(f64, f64)>,
-    cpu: Vec<f64>,
-    wall: Vec<f64>,
-}
-
-/// Per repeat: bind6's ns per run, its runs, and the empty program's ns per
-/// run over the same binds.
-#[derive(Default)]
-struct BpfSamples {
-    ns: Vec<f64>,
-    runs: Vec<u64>,
-    empty_ns: Vec<f64>,
-}
-
-impl BpfSamples {
-    fn into_result(self, label: &str, variant: &str) -> BpfRunTime {
-        BpfRunTime {
-            label: label.into(),
-            variant: variant.into(),
-            ns_per_run: self.ns,
-            runs: self.runs,
-            empty_ns_per_run: self.empty_ns,
-        }
-    }
-}
-
 /// Everything the repeats collect.
 struct Collected {
-    samples: Vec<Samples>,
+    samples: Variants,
     /// bind6's run time per repeat: prefix path, outside path.
     bpf_prefix: BpfSamples,
     bpf_outside: BpfSamples,
@@ -155,39 +124,12 @@ struct Collected {
 impl Collected {
     fn new() -> Collected {
         Collected {
-            samples: VARIANTS
-                .iter()
-                .map(|v| Samples {
-                    key: v.0,
-                    batches: Vec::new(),
-                    cpu: Vec::new(),
-                    wall: Vec::new(),
-                })
-                .collect(),
+            samples: Variants::new(VARIANTS.iter().map(|v| v.0)),
             bpf_prefix: BpfSamples::default(),
             bpf_outside: BpfSamples::default(),
             progs_without: Vec::new(),
             progs_with: Vec::new(),
             retaken: 0,
-        }
-    }
-
-    fn put(&mut self, key: &str, t: (f64, f64)) {
-        let s = self.samples.iter_mut().find(|s| s.key == key);
-        s.expect("a known variant").batches.push(t);
-    }
-
-    /// Ends a repeat: each variant's figure is the median of its batches
-    /// (dropped for the warm-up repeat).
-    fn end_repeat(&mut self, record: bool) {
-        for s in &mut self.samples {
-            let b = std::mem::take(&mut s.batches);
-            if record && !b.is_empty() {
-                let cpu: Vec<f64> = b.iter().map(|x| x.0).collect();
-                let wall: Vec<f64> = b.iter().map(|x| x.1).collect();
-                s.cpu.push(Summary::of(&cpu).median);
-                s.wall.push(Summary::of(&wall).median);
-            }
         }
     }
 }
@@ -253,7 +195,7 @@ pub fn run(ctx: &Ctx) -> Result<Hook> {
                 }
             }
         }
-        c.end_repeat(record);
+        c.samples.end_repeat(record);
         if record {
             progress(format!(
                 "hook overhead: repeat {r}/{} done",
@@ -264,7 +206,7 @@ pub fn run(ctx: &Ctx) -> Result<Hook> {
 
     let variants = VARIANTS
         .iter()
-        .zip(c.samples)
+        .zip(c.samples.0)
         .filter(|(_, s)| !s.cpu.is_empty())
         .map(|((key, label, baseline), s)| HookVariant {
             key: key.to_string(),
@@ -308,7 +250,7 @@ fn no_program(at: &Round, c: &mut Collected) -> Result<()> {
             Target::V4 => "v4-none",
         };
         let time = clean_batch(at, c, t, 0)?;
-        c.put(key, time);
+        c.samples.put(key, time);
     }
     Ok(())
 }
@@ -323,7 +265,7 @@ fn empty_program(at: &Round, c: &mut Collected) -> Result<()> {
     }
     std::thread::sleep(SETTLE);
     let t = clean_batch(at, c, Target::Prefix, 1)?;
-    c.put("v6-prefix-empty", t);
+    c.samples.put("v6-prefix-empty", t);
     Ok(())
 }
 
@@ -342,7 +284,7 @@ fn guard(at: &Round, c: &mut Collected) -> Result<()> {
             "v6-outside-guard"
         };
         let time = clean_batch(at, c, t, 1)?;
-        c.put(key, time);
+        c.samples.put(key, time);
     }
     if at.first {
         bpf_run_time(at, &pandad, c)?;
@@ -366,21 +308,9 @@ fn bpf_run_time(at: &Round, pandad: &Pandad, c: &mut Collected) -> Result<()> {
         (Target::Prefix, &mut c.bpf_prefix),
         (Target::Outside, &mut c.bpf_outside),
     ] {
-        let ((t0, c0), (e0, n0)) = (bpfstats::read(id)?, bpfstats::read(empty_id)?);
-        time_ops(at.ns, t, at.ops)?;
-        let ((t1, c1), (e1, n1)) = (bpfstats::read(id)?, bpfstats::read(empty_id)?);
-        let runs = c1.saturating_sub(c0);
-        let empty_runs = n1.saturating_sub(n0);
-        if runs < at.ops as u64 || empty_runs < at.ops as u64 {
-            bail!(
-                "bind6 ran {runs} times, the empty program {empty_runs}, for {} binds: \
-                 are they attached?",
-                at.ops
-            );
-        }
-        acc.ns.push((t1 - t0) as f64 / runs as f64);
-        acc.runs.push(runs);
-        acc.empty_ns.push((e1 - e0) as f64 / empty_runs as f64);
+        acc.measure(id, empty_id, at.ops, || {
+            time_ops(at.ns, t, at.ops).map(drop)
+        })?;
     }
     Ok(())
 }
@@ -390,7 +320,7 @@ fn freebind(at: &Round, c: &mut Collected) -> Result<()> {
     let pandad = Pandad::start(&at.ctx.pandad, at.ns, "freebind")?;
     std::thread::sleep(SETTLE);
     let t = clean_batch(at, c, Target::Prefix, 1)?;
-    c.put("v6-prefix-freebind", t);
+    c.samples.put("v6-prefix-freebind", t);
     pandad.stop()?;
     Ok(())
 }
@@ -414,14 +344,7 @@ fn time_ops(ns: &Netns, target: Target, ops: u32) -> Result<(f64, f64)> {
             }
             Target::V4 => sock::bind_listen_close4(v4_loopback(i), PORT),
         };
-        for i in 0..WARMUP {
-            one(i)?;
-        }
-        let t0 = Stamp::now();
-        for i in 0..ops {
-            one(i)?;
-        }
-        let (cpu, wall) = t0.elapsed();
+        let (cpu, wall) = time_loop(WARMUP, ops, one)?;
         let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / ops as f64;
         Ok((per(cpu), per(wall)))
     })

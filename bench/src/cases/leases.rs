@@ -33,6 +33,7 @@ use serde_json::json;
 
 use super::{progress, Ctx};
 use crate::{
+    batch::{BpfSamples, Variants},
     binder::{Addrs, Binder},
     bpfstats,
     cgroup::{self, Cgroup},
@@ -41,8 +42,7 @@ use crate::{
     netns::Netns,
     pandad::Pandad,
     plan::interleave,
-    results::{BpfRunTime, HookVariant, Leases},
-    stats::Summary,
+    results::{HookVariant, Leases},
 };
 
 const PORT: u16 = 8080;
@@ -107,26 +107,15 @@ fn key(phase: Phase, who: Who) -> &'static str {
     }
 }
 
-/// Per variant: (CPU µs, wall µs) of each batch of the current repeat, and
-/// the per-repeat medians.
-struct Samples {
-    key: &'static str,
-    batches: Vec<(f64, f64)>,
-    cpu: Vec<f64>,
-    wall: Vec<f64>,
-}
-
 /// bind6's run time on one path, per repeat (as case 1's).
 struct BpfPath {
     label: &'static str,
     variant: &'static str,
-    ns: Vec<f64>,
-    runs: Vec<u64>,
-    empty_ns: Vec<f64>,
+    samples: BpfSamples,
 }
 
 struct Collected {
-    samples: Vec<Samples>,
+    samples: Variants,
     bpf: Vec<BpfPath>,
     retaken: u32,
 }
@@ -136,20 +125,10 @@ impl Collected {
         let path = |label, variant| BpfPath {
             label,
             variant,
-            ns: Vec::new(),
-            runs: Vec::new(),
-            empty_ns: Vec::new(),
+            samples: BpfSamples::default(),
         };
         Collected {
-            samples: variants()
-                .iter()
-                .map(|v| Samples {
-                    key: v.0,
-                    batches: Vec::new(),
-                    cpu: Vec::new(),
-                    wall: Vec::new(),
-                })
-                .collect(),
+            samples: Variants::new(variants().map(|v| v.0)),
             bpf: vec![
                 path("bind6, no leases (LEASE_LEVELS is 0)", "holder-none"),
                 path(
@@ -162,25 +141,6 @@ impl Collected {
                 ),
             ],
             retaken: 0,
-        }
-    }
-
-    fn put(&mut self, key: &str, t: (f64, f64)) {
-        let s = self.samples.iter_mut().find(|s| s.key == key);
-        s.expect("a known variant").batches.push(t);
-    }
-
-    /// Ends a repeat: each variant's figure is the median of its batches
-    /// (dropped for the warm-up repeat).
-    fn end_repeat(&mut self, record: bool) {
-        for s in &mut self.samples {
-            let b = std::mem::take(&mut s.batches);
-            if record && !b.is_empty() {
-                let cpu: Vec<f64> = b.iter().map(|x| x.0).collect();
-                let wall: Vec<f64> = b.iter().map(|x| x.1).collect();
-                s.cpu.push(Summary::of(&cpu).median);
-                s.wall.push(Summary::of(&wall).median);
-            }
         }
     }
 }
@@ -307,14 +267,14 @@ pub fn run(ctx: &Ctx) -> Result<Leases> {
                 std::thread::sleep(SETTLE);
                 for who in interleave(&[Who::Holder, Who::Outside], round) {
                     let t = clean_batch(&mut at, &mut c, who)?;
-                    c.put(key(phase, who), t);
+                    c.samples.put(key(phase, who), t);
                 }
                 if at.first {
                     bpf_run_time(&mut at, &mut c, phase)?;
                 }
             }
         }
-        c.end_repeat(record);
+        c.samples.end_repeat(record);
         if record {
             progress(format!("leases: repeat {r}/{} done", ctx.plan.repeats));
         }
@@ -325,7 +285,7 @@ pub fn run(ctx: &Ctx) -> Result<Leases> {
 
     let variants = variants()
         .into_iter()
-        .zip(c.samples)
+        .zip(c.samples.0)
         .map(|((key, label, baseline), s)| HookVariant {
             key: key.to_string(),
             label,
@@ -344,13 +304,7 @@ pub fn run(ctx: &Ctx) -> Result<Leases> {
         bpf: c
             .bpf
             .into_iter()
-            .map(|b| BpfRunTime {
-                label: b.label.into(),
-                variant: b.variant.into(),
-                ns_per_run: b.ns,
-                runs: b.runs,
-                empty_ns_per_run: b.empty_ns,
-            })
+            .map(|b| b.samples.into_result(b.label, b.variant))
             .collect(),
         batches_retaken: c.retaken,
     })
@@ -408,22 +362,9 @@ fn bpf_run_time(at: &mut Round, c: &mut Collected, phase: Phase) -> Result<()> {
             Who::Holder => &mut *at.holder,
             Who::Outside => &mut *at.outside,
         };
-        let ((t0, c0), (e0, n0)) = (bpfstats::read(id)?, bpfstats::read(empty_id)?);
-        binder.time(at.ops)?;
-        let ((t1, c1), (e1, n1)) = (bpfstats::read(id)?, bpfstats::read(empty_id)?);
-        let (runs, empty_runs) = (c1.saturating_sub(c0), n1.saturating_sub(n0));
-        if runs < u64::from(at.ops) || empty_runs < u64::from(at.ops) {
-            bail!(
-                "bind6 ran {runs} times, the empty program {empty_runs}, for {} binds: \
-                 are they attached?",
-                at.ops
-            );
-        }
         let acc = c.bpf.iter_mut().find(|b| b.variant == variant);
-        let acc = acc.expect("a known path");
-        acc.ns.push((t1 - t0) as f64 / runs as f64);
-        acc.runs.push(runs);
-        acc.empty_ns.push((e1 - e0) as f64 / empty_runs as f64);
+        let acc = &mut acc.expect("a known path").samples;
+        acc.measure(id, empty_id, at.ops, || binder.time(at.ops).map(drop))?;
     }
     Ok(())
 }

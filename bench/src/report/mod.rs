@@ -298,13 +298,7 @@ fn bpf_table(o: &mut String, bpf: &[BpfRunTime], variants: &[HookVariant]) {
     for b in bpf {
         let s = Summary::of(&b.ns_per_run);
         let e = Summary::of(&b.empty_ns_per_run);
-        let own: Vec<f64> = b
-            .ns_per_run
-            .iter()
-            .zip(&b.empty_ns_per_run)
-            .map(|(x, y)| x - y)
-            .collect();
-        let own = Summary::of(&own);
+        let own = Summary::of(&b.own_ns_per_run());
         let runs = Summary::of(&b.runs.iter().map(|&x| x as f64).collect::<Vec<_>>());
         let share = find(&b.variant)
             .filter(|_| own.n > 0)
@@ -802,12 +796,7 @@ fn leases(o: &mut String, l: &Leases) {
 fn lease_run_time(l: &Leases) -> Option<String> {
     let own = |variant: &str| -> Option<Vec<f64>> {
         let b = l.bpf.iter().find(|b| b.variant == variant)?;
-        let own: Vec<f64> = b
-            .ns_per_run
-            .iter()
-            .zip(&b.empty_ns_per_run)
-            .map(|(x, y)| x - y)
-            .collect();
+        let own = b.own_ns_per_run();
         (!own.is_empty()).then_some(own)
     };
     let none = own("holder-none")?;
