@@ -91,6 +91,8 @@ struct Plan {
     /// The LSM guard for raw/ping binds is usable (guard mode only).
     lsm: bool,
     netns_cookie: u64,
+    /// The cgroup2 mount point, and the cgroup the hooks attach to.
+    cgroup_root: PathBuf,
     cgroup: PathBuf,
     /// Where this instance pins its links.
     pins: PinDir,
@@ -131,7 +133,7 @@ pub async fn run(config: Config) -> Result<()> {
     let lease_service = leases::Service::open(
         &config.state_dir,
         leases::Cgroups {
-            root: cgroup::cgroup2_root()?,
+            root: plan.cgroup_root.clone(),
             attach: plan.cgroup.clone(),
             exec_parent: config
                 .exec_cgroup
@@ -266,6 +268,7 @@ fn decide(config: &Config, bpf: &mut Bpf, netns_cookie: u64, pins: PinDir) -> Re
         mechanism,
         lsm,
         netns_cookie,
+        cgroup_root,
         cgroup: target,
         pins,
     })

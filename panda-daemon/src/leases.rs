@@ -196,7 +196,8 @@ struct Holder {
 pub struct Cgroups {
     /// The cgroup2 mount point.
     pub root: PathBuf,
-    /// Where bind6 is attached: holders must be at or below it.
+    /// Where bind6 is attached: holders must be at or below it. (Compared
+    /// with canonical paths: [`Service::open`] canonicalizes it once.)
     pub attach: PathBuf,
     /// Where `panda exec` makes its cgroups.
     pub exec_parent: PathBuf,
@@ -246,15 +247,11 @@ impl Cgroups {
                 lease::MAX_LEVEL
             );
         }
-        let attach = self
-            .attach
-            .canonicalize()
-            .unwrap_or_else(|_| self.attach.clone());
-        if !fs.starts_with(&attach) {
+        if !fs.starts_with(&self.attach) {
             bail!(
                 "cgroup {given} is outside {}, where panda's hooks are attached: a lease there \
                  would not be enforced",
-                attach.display()
+                self.attach.display()
             );
         }
         Ok(Holder {
@@ -425,7 +422,7 @@ impl Service {
     /// attached or swapped, so the programs start with every lease.
     pub fn open(
         state_dir: &Path,
-        cgroups: Cgroups,
+        mut cgroups: Cgroups,
         prefix: Prefix,
         bpf: &mut Bpf,
     ) -> Result<Service> {
@@ -437,6 +434,11 @@ impl Service {
                 cgroups.attach.display()
             );
         }
+        // It exists: start-up validated it.
+        cgroups.attach = cgroups
+            .attach
+            .canonicalize()
+            .with_context(|| format!("resolving cgroup {}", cgroups.attach.display()))?;
         let store = Store::load(state_dir)?;
         let mut s = Service {
             store,
